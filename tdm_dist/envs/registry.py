@@ -1,0 +1,58 @@
+"""Every environment by name: ``make(name)``, ``spec(name)``, ``reward_fn(name)``.
+
+Names are ``domain-task`` for the dm_control suite (``cartpole-swingup``, ``walker-stand``, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from tdm_dist.envs import suite
+from tdm_dist.envs.env import Env
+from tdm_dist.envs.rewards import REWARDS, RewardFn
+from tdm_dist.envs.spec import EnvSpec
+from tdm_dist.errors import ConfigError
+
+
+def names() -> list[str]:
+    """All registered environment names."""
+    return suite.task_names()
+
+
+def _check(name: str) -> str:
+    known = names()
+    if name in known:
+        return name
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `tdm envs` lists them all"
+    raise ConfigError(f"unknown environment {name!r}{hint}")
+
+
+def spec(name: str, action_repeat: int = 1) -> EnvSpec:
+    """The ``EnvSpec`` of a registered environment."""
+    if action_repeat < 1:
+        raise ConfigError(f"action_repeat must be >= 1, got {action_repeat}")
+    return suite.spec(_check(name), action_repeat)
+
+
+def make(name: str, seed: int | None = None, action_repeat: int = 1) -> Env:
+    """A fresh environment instance; ``seed`` fixes the task's randomness (initial states, targets)."""
+    spec(name, action_repeat)  # validates the name and the repeat
+    return suite.make(name, seed, action_repeat)
+
+
+def reward_fn(name_or_spec: str | EnvSpec) -> RewardFn:
+    """``reward(next_obs [..., n], action [..., m]) -> [...]`` for numpy or torch (paper eq. 5).
+
+    Raises ``ConfigError`` for tasks whose reward is not a function of the observation; plan with
+    predicted rewards there (eq. 6).
+    """
+    s = name_or_spec if isinstance(name_or_spec, EnvSpec) else spec(name_or_spec)
+    if not s.has_reward_from_obs:
+        raise ConfigError(f"{s.name} has no reward_from_obs: {s.reward_note}; plan with predicted rewards instead")
+    return REWARDS[s.name](s)
+
+
+def reward_from_obs(name: str, next_obs, action):
+    """One-off ``reward_fn(name)(next_obs, action)``."""
+    return reward_fn(name)(next_obs, action)
