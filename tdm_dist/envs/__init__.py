@@ -1,7 +1,13 @@
 """Environment registry: dm_control suite tasks, each with its ``EnvSpec`` and ``reward_from_obs``."""
 
-from tdm_dist.envs.env import Env
-from tdm_dist.envs.registry import make, names, reward_fn, reward_from_obs, spec
-from tdm_dist.envs.spec import EnvSpec
+import warnings
+
+# dm_control imports glfw, which warns on every import on a machine without a display; rendering does
+# not need it (MUJOCO_GL=egl or osmesa), so the warning is noise.
+warnings.filterwarnings("ignore", message=r".*DISPLAY environment variable is missing.*")
+
+from tdm_dist.envs.env import Env  # noqa: E402
+from tdm_dist.envs.registry import make, names, reward_fn, reward_from_obs, spec  # noqa: E402
+from tdm_dist.envs.spec import EnvSpec  # noqa: E402
 
 __all__ = ["Env", "EnvSpec", "make", "names", "reward_fn", "reward_from_obs", "spec"]

@@ -160,6 +160,23 @@ def token_kinds(positions: torch.Tensor, obs_dim, act_dim) -> tuple[torch.Tensor
     return step_pos, kind
 
 
+def token_nll(logits: torch.Tensor, tokens: torch.Tensor, obs_dim, act_dim, reduction: str = "mean"):
+    """NLL of ``tokens[:, 1:]`` under next-token ``logits`` [B, T-1, V] of ``tokens[:, :-1]`` (paper eq. 2).
+
+    Observation, reward and action tokens count; separators are constant and padding (``PAD``) is not data.
+    ``reduction="sum"`` returns (summed NLL, counted tokens) for averaging across batches and workers.
+    A free function so that a DDP-wrapped model's forward computes the logits.
+    """
+    targets = tokens[:, 1:]
+    _, kind = token_kinds(torch.arange(1, tokens.shape[1], device=tokens.device), obs_dim, act_dim)
+    keep = (kind != int(Kind.SEP)) & (targets != PAD)
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T-1]
+    total, count = (nll * keep).sum(), keep.sum()
+    if reduction == "sum":
+        return total, count
+    return total / count.clamp(min=1)
+
+
 class TDM(nn.Module):
     """Decoder-only transformer over tokenized trajectories."""
 
@@ -223,16 +240,8 @@ class TDM(nn.Module):
         return self.head(self.ln_f(x))
 
     def loss(self, tokens: torch.Tensor, obs_dim, act_dim) -> torch.Tensor:
-        """Mean NLL of the observation, reward and action tokens of ``tokens`` [B, T] (paper eq. 2).
-
-        Separators are constant and padding (``PAD``) is not data: neither counts.
-        """
-        logits = self(tokens[:, :-1], obs_dim, act_dim)
-        targets = tokens[:, 1:]
-        _, kind = token_kinds(torch.arange(1, tokens.shape[1], device=tokens.device), obs_dim, act_dim)
-        keep = (kind != int(Kind.SEP)) & (targets != PAD)
-        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T-1]
-        return (nll * keep).sum() / keep.sum().clamp(min=1)
+        """Mean NLL of the observation, reward and action tokens of ``tokens`` [B, T] (paper eq. 2)."""
+        return token_nll(self(tokens[:, :-1], obs_dim, act_dim), tokens, obs_dim, act_dim)
 
     # ------------------------------------------------------------------ decoding views
 

@@ -1,0 +1,67 @@
+"""Checkpoints: one ``model.pt`` file per checkpoint, loadable with ``torch.load(weights_only=True)``.
+
+A checkpoint holds plain data only (no pickled classes): the model config, the weights, the optimizer
+and schedule state, the step, the resolved train config and the specs of the training environments, so
+that ``load_model`` rebuilds exactly the model that was trained (STYLE 11) and evaluation can check
+that an environment matches the data the model saw.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from tdm_dist.errors import CheckpointError
+from tdm_dist.model import TDM, TDMConfig
+
+FORMAT = "tdm_dist/checkpoint/1"
+FILENAME = "model.pt"
+
+
+def save_checkpoint(directory: str | os.PathLike, model: TDM, **state) -> Path:
+    """Write ``directory/model.pt`` (via a temporary name and a rename) and return its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "model_config": asdict(model.cfg), "model": model.state_dict(), **state}
+    tmp = directory / f".{FILENAME}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, directory / FILENAME)
+    return directory / FILENAME
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file from a file path, a checkpoint directory, or a run directory (its latest checkpoint)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (path / FILENAME).is_file():
+        return path / FILENAME
+    if path.is_dir():
+        found = sorted(path.rglob(FILENAME), key=lambda p: p.stat().st_mtime)
+        if found:
+            return found[-1]
+        raise CheckpointError(f"no checkpoint ({FILENAME}) under {path}")
+    raise CheckpointError(f"checkpoint {path} does not exist")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The checkpoint's contents; ``CheckpointError`` naming the file if it is not a tdm_dist checkpoint."""
+    file = resolve_checkpoint(path)
+    try:
+        payload = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:  # corrupt, truncated, or not a torch file at all
+        raise CheckpointError(f"{file} is not a readable checkpoint: {e.__class__.__name__}: {e}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{file} is not a tdm_dist checkpoint (expected format {FORMAT!r})")
+    return payload
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TDM:
+    """The trained model of a checkpoint, in eval mode, on ``device``."""
+    payload = load_checkpoint(path)
+    model = TDM(TDMConfig(**payload["model_config"]))
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval()

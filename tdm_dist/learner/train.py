@@ -1,0 +1,266 @@
+"""The learner: a TDM trained with next-token NLL on Ray Train (``TorchTrainer``, DDP), fed by Ray Data.
+
+Each worker reads its shard of the training windows (``ray.train.get_dataset_shard``), takes AdamW steps
+with warmup and cosine decay and gradient clipping, and every ``eval_every`` steps measures the
+validation NLL and reports a checkpoint through ``ray.train.report``. A worker that dies is replaced
+(``FailureConfig``) and training continues from the last checkpoint; re-running the same command with
+the same ``--out`` resumes the run. ``finetune`` starts from a checkpoint's weights with its own schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from tdm_dist.errors import ConfigError
+from tdm_dist.learner.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from tdm_dist.model import TDM, TDMConfig, preset
+from tdm_dist.model.transformer import token_nll
+from tdm_dist.runtime.cluster import init_ray
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    data: str  # Parquet dataset written by `tdm collect`
+    out: str  # run directory: checkpoints, TensorBoard logs, model.pt of the last checkpoint
+    preset: str = "tiny"  # model preset (tiny, small, base, large)
+    context: int | None = None  # tokens per training window and model context (default: the preset's)
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 16  # windows per step per worker
+    lr: float = 1e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # final learning rate as a fraction of the peak (cosine decay)
+    warmup_steps: int = 100  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW weight decay
+    grad_clip: float = 1.0  # max global gradient norm
+    dropout: float = 0.0  # model dropout
+    workers: int = 2  # Ray Train workers (DDP ranks)
+    cpus_per_worker: float = 1.0  # CPUs reserved per worker
+    use_gpu: bool | None = None  # one GPU per worker; default: when the cluster has GPUs
+    eval_every: int = 250  # steps between validation + checkpoint
+    val_batches: int = 8  # validation batches per worker per evaluation
+    val_fraction: float = 0.1  # episodes held out for validation
+    max_failures: int = 3  # worker-failure restarts before giving up
+    keep_checkpoints: int = 2  # checkpoints kept on disk
+    seed: int = 0  # seeds the model init, the split and the windows
+    init_from: str | None = None  # fine-tuning: start from this checkpoint's weights
+    model_overrides: dict = field(default_factory=dict)  # extra TDMConfig fields, by name
+
+    def model_config(self) -> TDMConfig:
+        overrides = dict(self.model_overrides, dropout=self.dropout)
+        if self.context:
+            overrides["context"] = self.context
+        return preset(self.preset, **overrides)
+
+    def check(self) -> None:
+        for name in ("steps", "batch_size", "workers", "eval_every", "val_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        self.model_config()  # validates the preset and overrides
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at ``cfg.steps``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _batches(shard, batch_size: int, seed: int):
+    """Training batches forever. A pass over the shard holds the windows of as many epochs as training needs
+    (each epoch cut afresh); a local shuffle buffer mixes windows of many episodes into each batch."""
+    while True:
+        empty = True
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=64 * batch_size, local_shuffle_seed=seed
+        ):
+            empty = False
+            yield batch
+        if empty:
+            raise ConfigError(f"a training shard has fewer windows than one batch of {batch_size}")
+
+
+def _validation_nll(model, shard, batches: int, device) -> tuple[float, float]:
+    """(summed NLL, token count) over up to ``batches`` validation batches of this worker's shard."""
+    total, count = torch.zeros((), device=device), torch.zeros((), device=device)
+    model.eval()
+    with torch.no_grad():
+        for i, batch in enumerate(shard.iter_torch_batches(batch_size=16)):
+            if i >= batches:
+                break
+            tokens = batch["tokens"].to(device)
+            logits = model(tokens[:, :-1], batch["obs_dim"].to(device), batch["act_dim"].to(device))
+            s, c = token_nll(logits, tokens, batch["obs_dim"].to(device), batch["act_dim"].to(device), "sum")
+            total, count = total + s, count + c
+    model.train()
+    if torch.distributed.is_initialized():  # average over every worker's shard
+        both = torch.stack([total, count.to(total.dtype)])
+        torch.distributed.all_reduce(both)
+        total, count = both[0], both[1]
+    return float(total), float(count)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One DDP rank: read the config, resume or initialize, then step, evaluate and checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig(**config["train"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.manual_seed(cfg.seed + rank)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+
+    model = TDM(TDMConfig(**config["model_config"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    step = 0
+    resume = ray.train.get_checkpoint()
+    if resume:  # a restarted worker or a re-run: continue where the last checkpoint left off
+        with resume.as_directory() as d:
+            state = load_checkpoint(d)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = state["step"]
+    elif cfg.init_from:  # fine-tuning: the weights only, a fresh schedule
+        model.load_state_dict(load_checkpoint(cfg.init_from)["model"])
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    raw_model = model.module if hasattr(model, "module") else model
+
+    tb = None
+    if rank == 0:
+        from tensorboardX import SummaryWriter
+
+        tb = SummaryWriter(str(Path(cfg.out) / "tensorboard"))
+    train_batches = _batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.seed + rank)
+    val_shard = ray.train.get_dataset_shard("val")
+    tic, tokens_seen, losses = time.perf_counter(), 0, []
+    while step < cfg.steps:
+        batch = next(train_batches)
+        tokens = batch["tokens"].to(device)
+        obs_dim, act_dim = batch["obs_dim"].to(device), batch["act_dim"].to(device)
+        loss = token_nll(model(tokens[:, :-1], obs_dim, act_dim), tokens, obs_dim, act_dim)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        losses.append(loss.item())
+        tokens_seen += tokens.numel() * ctx.get_world_size()
+        if step % cfg.eval_every and step != cfg.steps:
+            continue
+        total, count = _validation_nll(model, val_shard, cfg.val_batches, device)
+        elapsed = time.perf_counter() - tic
+        metrics = {
+            "step": step,
+            "train/loss": sum(losses) / len(losses),
+            "val/nll": total / max(count, 1.0),
+            "train/lr": sched.get_last_lr()[0],
+            "perf/tokens_per_s": tokens_seen / elapsed,
+        }
+        tic, tokens_seen, losses = time.perf_counter(), 0, []
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(
+                    tmp,
+                    raw_model,
+                    optimizer=opt.state_dict(),
+                    scheduler=sched.state_dict(),
+                    step=step,
+                    train_config=asdict(cfg),
+                    env_specs=config["env_specs"],
+                    metrics=metrics,
+                )
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                for key, value in metrics.items():
+                    if key != "step":
+                        tb.add_scalar(key, value, step)
+                tb.flush()
+                print(
+                    f"step {step}/{cfg.steps}  loss {metrics['train/loss']:.3f}  val nll {metrics['val/nll']:.3f}  "
+                    f"lr {metrics['train/lr']:.2e}  {metrics['perf/tokens_per_s']:.0f} tok/s",
+                    flush=True,
+                )
+            ray.train.report(metrics, checkpoint=checkpoint)
+    if tb is not None:
+        tb.close()
+
+
+def train(cfg: TrainConfig, address: str | None = None) -> dict:
+    """Run (or resume) training; returns the final metrics and the path of the final ``model.pt``."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from tdm_dist.data import DatasetConfig, make_datasets, read_specs, summarize, validate_dataset
+
+    cfg.check()
+    if cfg.init_from:  # fine-tuning keeps the pretrained architecture
+        cfg.init_from = str(resolve_checkpoint(cfg.init_from).resolve())
+        model_cfg = TDMConfig(**load_checkpoint(cfg.init_from)["model_config"])
+    else:
+        model_cfg = cfg.model_config()
+    init_ray(address, min_cpus=cfg.workers * cfg.cpus_per_worker + 1)  # + 1 for the Ray Data tasks
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.workers
+    validate_dataset(cfg.data)  # a corrupt file or bad episode stops here, naming it, before any work
+    env_specs = read_specs(cfg.data)
+    # One pass over the train dataset holds enough freshly cut windows for every step (Ray Data re-runs a
+    # pipeline identically on each pass, so epochs are folded into the pass).
+    tokens = sum(s["steps"] * (s["obs_dim"] + s["act_dim"] + 2) for s in summarize(cfg.data).values())
+    windows_per_epoch = max(1, tokens // model_cfg.context) * (1 - cfg.val_fraction)
+    epochs = math.ceil(cfg.steps * cfg.batch_size * cfg.workers / windows_per_epoch)
+    data_cfg = DatasetConfig(
+        path=cfg.data,
+        window_tokens=model_cfg.context,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        epochs=epochs,
+        shuffle=False,  # a global shuffle of every epoch's windows costs more than it buys; see _batches
+    )
+    train_ds, val_ds = make_datasets(data_cfg)
+    out = Path(cfg.out).resolve()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": {**asdict(cfg), "out": str(out)},
+            "model_config": asdict(model_cfg),
+            "env_specs": env_specs,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name="train",
+            storage_path=str(out),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+        datasets={"train": train_ds, "val": val_ds},
+        dataset_config=DataConfig(datasets_to_split=["train", "val"]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise ConfigError(f"training in {out} produced no checkpoint")
+    final = out / "model.pt"
+    with result.checkpoint.as_directory() as d:
+        tmp = out / ".model.pt.tmp"
+        tmp.write_bytes((Path(d) / "model.pt").read_bytes())
+        os.replace(tmp, final)
+    return {**result.metrics, "checkpoint": str(final)}

@@ -1,0 +1,1 @@
+"""Ray actors and jobs: EnvWorker, expert collection, cluster connection."""

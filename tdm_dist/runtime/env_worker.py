@@ -1,0 +1,89 @@
+"""``EnvWorker``: one environment in a Ray actor — reset/step, simulator state, ground-truth rollouts, and
+whole expert episodes run next to the simulator (no round trip per step).
+
+The class is plain Python (testable without Ray); ``RemoteEnvWorker`` is its Ray actor shell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tdm_dist import envs
+from tdm_dist.errors import ConfigError
+
+
+@dataclass
+class ExpertConfig:
+    kind: str = "gt-mpc"  # "gt-mpc" (ground-truth MPC on the simulator) or "random"
+    action_noise: float = 0.0  # std of Gaussian noise added to the expert's actions (expert-plus-noise)
+    planner: dict = field(default_factory=dict)  # PlannerConfig fields overriding the expert's defaults
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+class EnvWorker:
+    """Holds one environment instance; every method is a remote call on ``RemoteEnvWorker``."""
+
+    def __init__(self, env_name: str, seed: int | None = None, action_repeat: int = 1):
+        self.env = envs.make(env_name, seed=seed, action_repeat=action_repeat)
+
+    def spec(self) -> dict:
+        return self.env.spec.to_dict()
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        return self.env.reset(seed)
+
+    def step(self, action) -> tuple[np.ndarray, float, bool]:
+        return self.env.step(action)
+
+    def get_state(self) -> np.ndarray:
+        return self.env.get_state()
+
+    def set_state(self, state: np.ndarray) -> None:
+        self.env.set_state(state)
+
+    def rollout(self, state: np.ndarray | None, actions: np.ndarray, observations: bool = False):
+        """Ground truth for K action sequences [K, N, m] from ``state`` (default: the current state): rewards
+        [K, N] (and observations [K, N, n] on request). The environment's own state is left as it was."""
+        from tdm_dist.envs.rollout import rollout
+
+        if state is None:
+            return rollout(self.env, actions, observations=observations)
+        saved = self.env.get_state()
+        try:
+            self.env.set_state(state)
+            return rollout(self.env, actions, observations=observations)
+        finally:
+            self.env.set_state(saved)
+
+    def collect_episode(self, episode_id: int, seed: int, expert: ExpertConfig) -> dict:
+        """Run one whole episode with the expert and return it as a dataset row (see ``tdm_dist.data``)."""
+        from tdm_dist.planning.ground_truth import GroundTruthExpert, expert_planner, random_policy, run_episode
+
+        if expert.kind == "gt-mpc":
+            planner = expert_planner(seed).replace(**expert.planner)
+            policy = GroundTruthExpert(self.env.spec, planner, action_noise=expert.action_noise, seed=seed)
+        elif expert.kind == "random":
+            policy = random_policy(self.env.spec, np.random.default_rng(seed))
+        else:
+            raise ConfigError(f"unknown expert {expert.kind!r}; expected gt-mpc or random")
+        episode = run_episode(self.env, policy, seed)
+        return {
+            "env": self.env.spec.name,
+            "episode_id": int(episode_id),
+            "seed": int(seed),
+            "expert": expert.kind,
+            "expert_settings": expert.describe(),
+            "spec": self.env.spec.to_dict(),
+            **episode,
+        }
+
+
+def remote_env_worker(num_cpus: float = 1, **options):
+    """The Ray actor class of ``EnvWorker`` with its resources (one CPU: MuJoCo is single-threaded)."""
+    import ray
+
+    return ray.remote(num_cpus=num_cpus, **options)(EnvWorker)
