@@ -128,8 +128,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     result = train(_train_config(args, init_from=getattr(args, "from_checkpoint", None)), address=args.address)
     print(
-        f"trained {result['step']} steps: train loss {result['train/loss']:.3f}, val nll {result['val/nll']:.3f}; "
-        f"checkpoint {result['checkpoint']}"
+        f"trained {result['step']} steps: train loss {result['train/loss']:.3f}, val nll {result['val/nll']:.3f} "
+        f"(unigram baseline {result['val/unigram_nll']:.3f}); checkpoint {result['checkpoint']}"
     )
 
 

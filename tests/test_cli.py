@@ -22,7 +22,7 @@ def tdm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands():
     out = tdm("--help")
     assert out.returncode == 0
-    for command in ("envs", "model-info", "smoke"):
+    for command in ("envs", "model-info", "smoke", "collect", "data", "train", "finetune"):
         assert command in out.stdout
 
 
@@ -69,13 +69,14 @@ def test_readme_library_example_runs():
     exec(compile(code, "README.md", "exec"), {})
 
 
-def test_decode_benchmark_runs_in_smoke_mode():
+@pytest.mark.parametrize("name,metric", [("decode", "kv_speedup"), ("ingest", "ingest_efficiency")])
+def test_benchmarks_run_in_smoke_mode(name, metric):
     out = subprocess.run(
-        [sys.executable, "experiments/benchmarks/decode.py", "--smoke"],
+        [sys.executable, f"experiments/benchmarks/{name}.py", "--smoke"],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
-    assert re.fullmatch(r"kv_speedup=\d+(\.\d+)?", out.stdout.strip().splitlines()[-1])
+    assert re.fullmatch(rf"{metric}=\d+(\.\d+)?", out.stdout.strip().splitlines()[-1])

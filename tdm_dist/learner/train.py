@@ -9,6 +9,7 @@ the same ``--out`` resumes the run. ``finetune`` starts from a checkpoint's weig
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -135,6 +136,8 @@ def train_loop_per_worker(config: dict) -> None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
+        if rank == 0:
+            print(f"resuming from the checkpoint of step {step}", flush=True)
     elif cfg.init_from:  # fine-tuning: the weights only, a fresh schedule
         model.load_state_dict(load_checkpoint(cfg.init_from)["model"])
     model = ray.train.torch.prepare_model(model)
@@ -202,13 +205,38 @@ def train_loop_per_worker(config: dict) -> None:
         tb.close()
 
 
+def unigram_nll(train_windows: dict, val_windows: dict) -> float:
+    """NLL per token of the validation windows under the training windows' token frequencies (add-one
+    smoothed), over the tokens the model's loss counts: the baseline a model must beat to have learned
+    anything beyond token statistics. Arguments are ``{tokens [W, T], obs_dim [W], act_dim [W]}``."""
+    from tdm_dist.model.transformer import token_kinds
+    from tdm_dist.tokenizer import PAD, VOCAB_SIZE, Kind
+
+    def counted(w: dict) -> torch.Tensor:
+        targets = w["tokens"][:, 1:]
+        _, kind = token_kinds(torch.arange(1, w["tokens"].shape[1]), w["obs_dim"], w["act_dim"])
+        return targets[(kind != int(Kind.SEP)) & (targets != PAD)]
+
+    counts = torch.bincount(counted(train_windows), minlength=VOCAB_SIZE).double() + 1.0
+    log_p = (counts / counts.sum()).log()
+    return float(-log_p[counted(val_windows)].mean())
+
+
 def train(cfg: TrainConfig, address: str | None = None) -> dict:
     """Run (or resume) training; returns the final metrics and the path of the final ``model.pt``."""
     import ray
+    import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tdm_dist.data import DatasetConfig, make_datasets, read_specs, summarize, validate_dataset
+    from tdm_dist.data import (
+        DatasetConfig,
+        in_memory_windows,
+        make_datasets,
+        read_specs,
+        summarize,
+        validate_dataset,
+    )
 
     cfg.check()
     if cfg.init_from:  # fine-tuning keeps the pretrained architecture
@@ -216,9 +244,9 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
         model_cfg = TDMConfig(**load_checkpoint(cfg.init_from)["model_config"])
     else:
         model_cfg = cfg.model_config()
+    validate_dataset(cfg.data)  # a corrupt file or bad episode stops here, naming it, before any work
     init_ray(address, min_cpus=cfg.workers * cfg.cpus_per_worker + 1)  # + 1 for the Ray Data tasks
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.workers
-    validate_dataset(cfg.data)  # a corrupt file or bad episode stops here, naming it, before any work
     env_specs = read_specs(cfg.data)
     # One pass over the train dataset holds enough freshly cut windows for every step (Ray Data re-runs a
     # pipeline identically on each pass, so epochs are folded into the pass).
@@ -234,6 +262,7 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
         epochs=epochs,
         shuffle=False,  # a global shuffle of every epoch's windows costs more than it buys; see _batches
     )
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the step lines are the progress report
     train_ds, val_ds = make_datasets(data_cfg)
     out = Path(cfg.out).resolve()
     trainer = TorchTrainer(
@@ -258,9 +287,12 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
     result = trainer.fit()
     if result.checkpoint is None:
         raise ConfigError(f"training in {out} produced no checkpoint")
+    baseline = unigram_nll(
+        *(in_memory_windows(cfg.data, dataclasses.replace(data_cfg, epochs=1), split) for split in ("train", "val"))
+    )
     final = out / "model.pt"
     with result.checkpoint.as_directory() as d:
         tmp = out / ".model.pt.tmp"
         tmp.write_bytes((Path(d) / "model.pt").read_bytes())
         os.replace(tmp, final)
-    return {**result.metrics, "checkpoint": str(final)}
+    return {**result.metrics, "val/unigram_nll": baseline, "checkpoint": str(final)}

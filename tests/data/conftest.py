@@ -44,18 +44,3 @@ def dataset(tmp_path_factory):
             w.write(synthetic_episode(env, i, steps=40 + 5 * i) for i in range(6))
             w.add(synthetic_episode(env, 6, steps=3))
     return root
-
-
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance for every data test that needs it (starting Ray costs seconds)."""
-    import ray
-    from ray.data import DataContext
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    DataContext.get_current().enable_progress_bars = False
-    yield ray
-    if started:
-        ray.shutdown()

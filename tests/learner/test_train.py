@@ -1,0 +1,149 @@
+"""The learner on a real Ray runtime: training, checkpoints, resume after a killed worker, bad data."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tdm_dist.data import EpisodeWriter
+from tdm_dist.learner import TrainConfig, load_checkpoint, load_model, train
+from tdm_dist.learner.train import lr_factor
+from tests.data.conftest import synthetic_episode
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def episodes(tmp_path_factory):
+    """Twelve short synthetic cartpole-swingup episodes with the real spec."""
+    root = tmp_path_factory.mktemp("learner-data")
+    with EpisodeWriter(root, rows_per_file=4) as w:
+        w.write(synthetic_episode("cartpole-swingup", i, steps=60) for i in range(12))
+    return root
+
+
+def small_config(data, out, **kw) -> TrainConfig:
+    base = dict(
+        data=str(data), out=str(out), context=64, steps=12, batch_size=4, eval_every=6, val_fraction=0.2,
+        warmup_steps=2, val_batches=2, model_overrides={"n_layer": 2, "d_model": 64, "n_head": 4, "d_ff": 128},
+    )  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(data="", out="", steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    factors = [lr_factor(s, cfg) for s in range(101)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
+    assert factors[100] == pytest.approx(0.1)
+
+
+def test_two_workers_train_and_checkpoint(episodes, tmp_path, ray_session):
+    result = train(small_config(episodes, tmp_path / "run", workers=2))
+    assert result["step"] == 12 and np.isfinite(result["val/nll"])
+    payload = torch.load(result["checkpoint"], weights_only=True)  # plain data only
+    assert payload["step"] == 12 and payload["model_config"]["context"] == 64
+    assert payload["env_specs"]["cartpole-swingup"]["act_dim"] == 1
+    model = load_model(result["checkpoint"])
+    assert model.cfg.n_layer == 2 and not model.training
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    # Fine-tuning starts from those weights with a schedule of its own.
+    tuned = train(small_config(episodes, tmp_path / "tuned", workers=1, steps=6, init_from=str(tmp_path / "run")))
+    assert tuned["step"] == 6 and load_checkpoint(tuned["checkpoint"])["train_config"]["init_from"]
+
+
+def test_rerunning_a_finished_run_resumes_instead_of_restarting(episodes, tmp_path, ray_session):
+    cfg = small_config(episodes, tmp_path / "run", workers=1)
+    first = load_checkpoint(train(cfg)["checkpoint"])
+    cfg.steps = 18  # the same --out with more steps continues from step 12
+    second = load_checkpoint(train(cfg)["checkpoint"])
+    assert first["step"] == 12 and second["step"] == 18
+
+
+def _train_worker_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="ignore")
+            except OSError:
+                continue
+            if cmdline.startswith("ray::RayTrainWorker"):
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(episodes, tmp_path):
+    """A real SIGKILL of a Ray Train worker mid-run: the run restarts its workers from the last checkpoint
+    and completes its step count (FailureConfig)."""
+    out = tmp_path / "run"
+    args = ["--data", str(episodes), "--out", str(out), "--context", "64", "--steps", "150", "--eval-every", "10"]
+    others = set(_train_worker_pids())  # workers of other Ray instances on this machine are not ours to kill
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tdm_dist.cli", "train", "--workers", "2", "--batch-size", "4", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        # Two checkpoint folders: the first is then surely registered with the controller (a folder appears
+        # when its upload starts; a worker killed before the report lands restarts from the one before).
+        while len(list((out / "train").glob("checkpoint_*"))) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        pids = sorted(set(_train_worker_pids()) - others)
+        assert pids and proc.poll() is None, "training ended before a worker could be killed"
+        os.kill(pids[-1], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    resumed = [int(s) for s in re.findall(r"resuming from the checkpoint of step (\d+)", output)]
+    assert resumed and 0 < resumed[0] < 150
+    assert load_checkpoint(out / "model.pt")["step"] == 150
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tdm_dist.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_truncated_parquet_stops_training_with_the_file_name(episodes, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(episodes, data)
+    victim = sorted(data.rglob("*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    out = _cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "2")
+    assert out.returncode == 2 and victim.name in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()  # nothing partial written
+
+
+def test_nan_observations_stop_training_with_file_and_episode(episodes, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(episodes, data)
+    victim = sorted(data.rglob("*.parquet"))[0]
+    table = pq.read_table(victim, partitioning=None)
+    obs = table.column("observations").to_pylist()
+    obs[1][3] = float("nan")
+    table = table.set_column(table.schema.get_field_index("observations"), "observations", [obs])
+    pq.write_table(table.cast(pq.read_schema(victim)), victim)
+    episode = table.column("episode_id")[1].as_py()
+    out = _cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "2")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert victim.name in out.stderr and f"episode {episode}" in out.stderr
+    assert not (tmp_path / "run").exists()
