@@ -70,15 +70,11 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     from tdm_dist.runtime.env_worker import ExpertConfig
 
     planner = {k: v for k, v in {"samples": args.samples, "horizon": args.horizon}.items() if v is not None}
-    if args.expert.startswith("rllib:"):
-        raise ConfigError(
-            "the RLlib expert (--expert rllib:PATH) is not built yet; use --expert gt-mpc or --expert random"
-        )
     cfg = CollectConfig(
         env=args.env,
         episodes=args.episodes,
         out=args.out,
-        expert=ExpertConfig(kind=args.expert, action_noise=args.action_noise, planner=planner),
+        expert=ExpertConfig.parse(args.expert, action_noise=args.action_noise, planner=planner),
         workers=args.workers,
         seed=args.seed,
     )
@@ -90,6 +86,19 @@ def _cmd_collect(args: argparse.Namespace) -> None:
         f"collected {result['collected']} episodes of {args.env} into {args.out} "
         f"(mean return {result['mean_return']:.1f}; {result['skipped']} were already there)"
     )
+
+
+def _cmd_expert_train(args: argparse.Namespace) -> None:
+    from tdm_dist.envs import spec
+    from tdm_dist.runtime.cluster import init_ray
+    from tdm_dist.runtime.rllib_expert import train_sac
+
+    spec(args.env)  # unknown names list close matches before Ray starts
+    if args.iterations < 1:
+        raise ConfigError(f"--iterations must be >= 1, got {args.iterations}")
+    init_ray(args.address)
+    path = train_sac(args.env, args.out, args.iterations, seed=args.seed)
+    print(f"saved the SAC expert of {args.env} to {path}; collect with --expert rllib:{path}")
 
 
 def _cmd_data_info(args: argparse.Namespace) -> None:
@@ -182,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", required=True, help="environment name (see `tdm envs`)")
     p.add_argument("--episodes", type=int, required=True, help="episode ids 0..N-1 end up in the dataset")
     p.add_argument("--out", required=True, help="dataset directory")
-    p.add_argument("--expert", default="gt-mpc", help="gt-mpc (ground-truth MPC, default) or random")
+    p.add_argument("--expert", default="gt-mpc", help="gt-mpc (ground-truth MPC, default), random, or rllib:CHECKPOINT")
     p.add_argument("--action-noise", type=float, default=0.0, help="std of noise added to expert actions")
     p.add_argument("--samples", type=int, default=None, help="planner samples K (gt-mpc)")
     p.add_argument("--horizon", type=int, default=None, help="planner horizon N (gt-mpc)")
@@ -190,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="dataset seed; episode i uses seed*1e6 + i")
     _add_address(p)
     p.set_defaults(func=_cmd_collect)
+
+    p = sub.add_parser("expert", help="train an RLlib expert policy")
+    expert_sub = p.add_subparsers(dest="expert_command", required=True, metavar="SUBCOMMAND")
+    q = expert_sub.add_parser("train", help="SAC (RLlib) on the env's gymnasium wrapper; saves an RLlib checkpoint")
+    q.add_argument("--env", required=True, help="environment name (see `tdm envs`)")
+    q.add_argument("--out", required=True, help="checkpoint directory")
+    q.add_argument("--iterations", type=int, default=20, help="training iterations of 1000 env steps each")
+    q.add_argument("--seed", type=int, default=0)
+    _add_address(q)
+    q.set_defaults(func=_cmd_expert_train)
 
     p = sub.add_parser("data", help="inspect datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")

@@ -22,7 +22,7 @@ def tdm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands():
     out = tdm("--help")
     assert out.returncode == 0
-    for command in ("envs", "model-info", "smoke", "collect", "data", "train", "finetune"):
+    for command in ("envs", "model-info", "smoke", "collect", "data", "train", "finetune", "expert"):
         assert command in out.stdout
 
 

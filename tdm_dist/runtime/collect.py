@@ -37,6 +37,10 @@ class CollectConfig:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.expert.kind == "rllib":
+            from tdm_dist.runtime.rllib_expert import RLlibPolicy
+
+            RLlibPolicy(self.expert.checkpoint)  # a bad checkpoint fails here, before any actor starts
         if self.expert.action_noise < 0:
             raise ConfigError(f"--action-noise must be >= 0, got {self.expert.action_noise}")
 

@@ -16,9 +16,19 @@ from tdm_dist.errors import ConfigError
 
 @dataclass
 class ExpertConfig:
-    kind: str = "gt-mpc"  # "gt-mpc" (ground-truth MPC on the simulator) or "random"
+    kind: str = "gt-mpc"  # "gt-mpc" (ground-truth MPC on the simulator), "random", or "rllib" (a trained policy)
     action_noise: float = 0.0  # std of Gaussian noise added to the expert's actions (expert-plus-noise)
     planner: dict = field(default_factory=dict)  # PlannerConfig fields overriding the expert's defaults
+    checkpoint: str | None = None  # the RLlib checkpoint of kind "rllib" (`tdm expert train`)
+
+    @classmethod
+    def parse(cls, text: str, **fields) -> ExpertConfig:
+        """``gt-mpc``, ``random`` or ``rllib:PATH``, as the CLI takes it."""
+        if text.startswith("rllib:"):
+            return cls(kind="rllib", checkpoint=text.removeprefix("rllib:"), **fields)
+        if text not in ("gt-mpc", "random"):
+            raise ConfigError(f"unknown expert {text!r}; expected gt-mpc, random or rllib:PATH")
+        return cls(kind=text, **fields)
 
     def describe(self) -> dict:
         return asdict(self)
@@ -68,8 +78,12 @@ class EnvWorker:
             policy = GroundTruthExpert(self.env.spec, planner, action_noise=expert.action_noise, seed=seed)
         elif expert.kind == "random":
             policy = random_policy(self.env.spec, np.random.default_rng(seed))
+        elif expert.kind == "rllib":
+            from tdm_dist.runtime.rllib_expert import RLlibPolicy
+
+            policy = RLlibPolicy(expert.checkpoint)
         else:
-            raise ConfigError(f"unknown expert {expert.kind!r}; expected gt-mpc or random")
+            raise ConfigError(f"unknown expert {expert.kind!r}; expected gt-mpc, random or rllib")
         episode = run_episode(self.env, policy, seed)
         return {
             "env": self.env.spec.name,
