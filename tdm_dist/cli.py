@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_envs)
 
     p = sub.add_parser("model-info", help="parameter count and shape of a model preset")
-    p.add_argument("--preset", default="tiny", help="tiny (~1M), small (~10M), base (~77M), large (~362M)")
+    p.add_argument(
+        "--preset", default="tiny", help="tiny (1.1M), small (11.5M), base (79.7M), large (371.9M parameters)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_model_info)
 

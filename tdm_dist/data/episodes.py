@@ -38,6 +38,7 @@ writer fills in ``obs_dim``, ``act_dim``, ``steps`` and ``return``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -364,6 +365,26 @@ def read_episodes(path: str | os.PathLike, env: str | None = None) -> list[dict]
     return [ep for f in dataset_files(path, env) for ep in _iter_file_episodes(f)]
 
 
+@functools.lru_cache
+def _registry_dims(env: str) -> tuple[int, int] | None:
+    """(obs_dim, act_dim) of a registered env today, or None for a name the registry does not know."""
+    from tdm_dist import envs
+
+    if env not in envs.names():
+        return None
+    s = envs.spec(env)
+    return s.obs_dim, s.act_dim
+
+
+def _check_against_registry(file: Path, env: str, episode_id: int, spec: EnvSpec) -> None:
+    dims = _registry_dims(env)
+    if dims is not None and dims != (spec.obs_dim, spec.act_dim):
+        raise DataError(
+            f"{file}: episode {episode_id} of {env} has obs_dim={spec.obs_dim}, act_dim={spec.act_dim} but the "
+            f"environment {env} has obs_dim={dims[0]}, act_dim={dims[1]}"
+        )
+
+
 def validate_dataset(path: str | os.PathLike) -> dict:
     """Open every file and check every episode; ``DataError`` names the file (and episode) of the first fault.
 
@@ -386,6 +407,7 @@ def validate_dataset(path: str | os.PathLike) -> dict:
                     f"says obs_dim={spec.obs_dim}, act_dim={spec.act_dim}"
                 )
             check_episode(env, eid, ep["observations"], ep["actions"], ep["rewards"], spec, where=f"{f}: ")
+            _check_against_registry(f, env, eid, spec)
             partition = next((p[4:] for p in f.parent.parts[::-1] if p.startswith("env=")), None)
             if partition is not None and partition != env:
                 raise DataError(f"{f}: episode {eid} of {env} is stored in the partition of {partition}")

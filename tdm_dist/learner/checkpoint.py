@@ -62,6 +62,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TDM:
     """The trained model of a checkpoint, in eval mode, on ``device``."""
     payload = load_checkpoint(path)
-    model = TDM(TDMConfig(**payload["model_config"]))
-    model.load_state_dict(payload["model"])
+    try:
+        model = TDM(TDMConfig(**payload["model_config"]))
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{resolve_checkpoint(path)} does not hold a model this version can build: {e}") from None
     return model.to(device).eval()

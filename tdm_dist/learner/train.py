@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tdm_dist.errors import ConfigError
+from tdm_dist.errors import ConfigError, TdmError
 from tdm_dist.learner.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from tdm_dist.model import TDM, TDMConfig, preset
 from tdm_dist.model.transformer import token_nll
@@ -57,7 +57,7 @@ class TrainConfig:
 
     def model_config(self) -> TDMConfig:
         overrides = dict(self.model_overrides, dropout=self.dropout)
-        if self.context:
+        if self.context is not None:
             overrides["context"] = self.context
         return preset(self.preset, **overrides)
 
@@ -65,6 +65,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "workers", "eval_every", "val_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.context is not None and self.context < 2:
+            raise ConfigError(f"context must be >= 2 tokens (a token and its target), got {self.context}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         self.model_config()  # validates the preset and overrides
@@ -92,12 +94,12 @@ def _batches(shard, batch_size: int, seed: int):
             raise ConfigError(f"a training shard has fewer windows than one batch of {batch_size}")
 
 
-def _validation_nll(model, shard, batches: int, device) -> tuple[float, float]:
+def _validation_nll(model, shard, batches: int, batch_size: int, device) -> tuple[float, float]:
     """(summed NLL, token count) over up to ``batches`` validation batches of this worker's shard."""
     total, count = torch.zeros((), device=device), torch.zeros((), device=device)
     model.eval()
     with torch.no_grad():
-        for i, batch in enumerate(shard.iter_torch_batches(batch_size=16)):
+        for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size)):
             if i >= batches:
                 break
             tokens = batch["tokens"].to(device)
@@ -125,24 +127,27 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
     model = TDM(TDMConfig(**config["model_config"]))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    step = 0
+    state = None
     resume = ray.train.get_checkpoint()
     if resume:  # a restarted worker or a re-run: continue where the last checkpoint left off
         with resume.as_directory() as d:
             state = load_checkpoint(d)
         model.load_state_dict(state["model"])
+    elif cfg.init_from:  # fine-tuning: the weights only, a fresh schedule
+        model.load_state_dict(load_checkpoint(cfg.init_from)["model"])
+    model = ray.train.torch.prepare_model(model)  # on the worker's device, DDP-wrapped
+    device = ray.train.torch.get_device()
+    raw_model = model.module if hasattr(model, "module") else model
+    # The optimizer is built (and its state loaded) after the move, so its state lives on the same device.
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    step = 0
+    if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
         if rank == 0:
             print(f"resuming from the checkpoint of step {step}", flush=True)
-    elif cfg.init_from:  # fine-tuning: the weights only, a fresh schedule
-        model.load_state_dict(load_checkpoint(cfg.init_from)["model"])
-    model = ray.train.torch.prepare_model(model)
-    device = ray.train.torch.get_device()
-    raw_model = model.module if hasattr(model, "module") else model
 
     tb = None
     if rank == 0:
@@ -163,15 +168,15 @@ def train_loop_per_worker(config: dict) -> None:
         opt.step()
         sched.step()
         step += 1
-        losses.append(loss.item())
+        losses.append(loss.detach())  # no host sync per step; read at evaluation
         tokens_seen += tokens.numel() * ctx.get_world_size()
         if step % cfg.eval_every and step != cfg.steps:
             continue
-        total, count = _validation_nll(model, val_shard, cfg.val_batches, device)
+        total, count = _validation_nll(model, val_shard, cfg.val_batches, cfg.batch_size, device)
         elapsed = time.perf_counter() - tic
         metrics = {
             "step": step,
-            "train/loss": sum(losses) / len(losses),
+            "train/loss": float(torch.stack(losses).mean()),
             "val/nll": total / max(count, 1.0),
             "train/lr": sched.get_last_lr()[0],
             "perf/tokens_per_s": tokens_seen / elapsed,
@@ -205,6 +210,38 @@ def train_loop_per_worker(config: dict) -> None:
         tb.close()
 
 
+def _check_resumable(out: Path, model_cfg: TDMConfig) -> None:
+    """An existing run directory is resumed (Ray Train restores by storage path and name): its checkpoints
+    must hold the same architecture, else every worker would fail to load them."""
+    runs = out / "train"
+    if not runs.is_dir() or not list(runs.rglob("model.pt")):
+        return
+    saved = load_checkpoint(runs)["model_config"]
+    if saved != asdict(model_cfg):
+        changed = {k: (saved.get(k), v) for k, v in asdict(model_cfg).items() if saved.get(k) != v}
+        raise ConfigError(
+            f"{out} holds a run of another model ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
+            "re-running resumes it, so use a new --out for a different model"
+        )
+
+
+def _unwrap_worker_error(error: Exception) -> Exception:
+    """The first TdmError a Ray Train worker raised, if any, so the CLI reports it without a traceback."""
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen or e is None:
+            continue
+        seen.add(id(e))
+        if isinstance(e, TdmError):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += list(
+            getattr(e, "worker_failures", {}).values() if isinstance(getattr(e, "worker_failures", None), dict) else []
+        )
+    return error
+
+
 def unigram_nll(train_windows: dict, val_windows: dict) -> float:
     """NLL per token of the validation windows under the training windows' token frequencies (add-one
     smoothed), over the tokens the model's loss counts: the baseline a model must beat to have learned
@@ -234,6 +271,7 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
         in_memory_windows,
         make_datasets,
         read_specs,
+        split_episodes,
         summarize,
         validate_dataset,
     )
@@ -242,9 +280,17 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
     if cfg.init_from:  # fine-tuning keeps the pretrained architecture
         cfg.init_from = str(resolve_checkpoint(cfg.init_from).resolve())
         model_cfg = TDMConfig(**load_checkpoint(cfg.init_from)["model_config"])
+        cfg.context, cfg.preset, cfg.dropout = model_cfg.context, "from-checkpoint", model_cfg.dropout
     else:
         model_cfg = cfg.model_config()
+    _check_resumable(Path(cfg.out), model_cfg)
     validate_dataset(cfg.data)  # a corrupt file or bad episode stops here, naming it, before any work
+    train_ids, val_ids = split_episodes(cfg.data, cfg.val_fraction, cfg.seed)
+    if not train_ids or not val_ids:
+        raise ConfigError(
+            f"{cfg.data} has {len(train_ids) + len(val_ids)} episodes: training needs at least 2, one of them "
+            "held out for validation"
+        )
     init_ray(address, min_cpus=cfg.workers * cfg.cpus_per_worker + 1)  # + 1 for the Ray Data tasks
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.workers
     env_specs = read_specs(cfg.data)
@@ -264,6 +310,7 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
     )
     ray.data.DataContext.get_current().enable_progress_bars = False  # the step lines are the progress report
     train_ds, val_ds = make_datasets(data_cfg)
+    val_ds = val_ds.materialize()  # one epoch of windows, small; evaluations then do not re-read the files
     out = Path(cfg.out).resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -284,7 +331,10 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=DataConfig(datasets_to_split=["train", "val"]),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        raise _unwrap_worker_error(e) from None
     if result.checkpoint is None:
         raise ConfigError(f"training in {out} produced no checkpoint")
     baseline = unigram_nll(

@@ -50,8 +50,8 @@ class TDMConfig:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
 
 
-# Widths follow Gato (Reed et al. 2022, Table 6); layer counts are set so the parameter counts match the
-# paper's models: base ~77M (the specialist, §5.1) and large ~362M (the big generalist, §5.2.2).
+# Widths follow Gato (Reed et al. 2022); layer counts are set so the parameter counts come within 4% of the
+# paper's models: base 79.7M for its 77M specialist (§5.1), large 371.9M for its 362M generalist (§5.2.2).
 PRESETS: dict[str, TDMConfig] = {
     "tiny": TDMConfig(n_layer=4, n_head=4, d_model=128, d_ff=512),
     "small": TDMConfig(n_layer=6, n_head=6, d_model=384, d_ff=1536),
@@ -284,6 +284,12 @@ class TDM(nn.Module):
             raise ConfigError(f"actions must be [K, N >= 1, {m}] for this history, got {tuple(actions.shape)}")
         K, N, _ = actions.shape
         imagined_tokens = N * layout.tokens_per_step
+        if imagined_tokens + n + 1 > self.cfg.context:
+            longest = (self.cfg.context - n - 1) // layout.tokens_per_step
+            raise ConfigError(
+                f"a horizon of {N} steps ({layout.tokens_per_step} tokens each) and the current observation do not "
+                f"fit the model's context of {self.cfg.context} tokens; the longest horizon is {longest}"
+            )
         prefix = history.tokens(self.cfg.context - imagined_tokens)
         prefix = torch.as_tensor(prefix, device=self.device).long()
         decoder = (_NaiveDecoder if naive else _CachedDecoder)(self, prefix, K, imagined_tokens, n, m)

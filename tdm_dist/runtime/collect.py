@@ -43,6 +43,14 @@ class CollectConfig:
             RLlibPolicy(self.expert.checkpoint)  # a bad checkpoint fails here, before any actor starts
         if self.expert.action_noise < 0:
             raise ConfigError(f"--action-noise must be >= 0, got {self.expert.action_noise}")
+        if self.expert.kind != "gt-mpc" and (self.expert.action_noise or self.expert.planner):
+            raise ConfigError(
+                f"--action-noise, --samples and --horizon apply to the gt-mpc expert, not {self.expert.kind}"
+            )
+        if self.expert.kind == "gt-mpc":
+            from tdm_dist.planning.ground_truth import expert_planner
+
+            expert_planner().replace(**self.expert.planner)  # bad planner settings fail here, not in an actor
 
 
 def episode_seed(seed: int, episode_id: int) -> int:

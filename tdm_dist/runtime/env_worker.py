@@ -1,7 +1,7 @@
 """``EnvWorker``: one environment in a Ray actor — reset/step, simulator state, ground-truth rollouts, and
 whole expert episodes run next to the simulator (no round trip per step).
 
-The class is plain Python (testable without Ray); ``RemoteEnvWorker`` is its Ray actor shell.
+The class is plain Python (testable without Ray); ``remote_env_worker()`` returns its Ray actor class.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class ExpertConfig:
 
 
 class EnvWorker:
-    """Holds one environment instance; every method is a remote call on ``RemoteEnvWorker``."""
+    """Holds one environment instance; as a Ray actor (``remote_env_worker()``) every method is a remote call."""
 
     def __init__(self, env_name: str, seed: int | None = None, action_repeat: int = 1):
         self.env = envs.make(env_name, seed=seed, action_repeat=action_repeat)

@@ -145,6 +145,18 @@ def test_validate_names_file_and_episode_of_dims_that_disagree_with_the_spec(tmp
         validate_dataset(tmp_path)
 
 
+def test_validate_names_episodes_whose_dims_disagree_with_the_registered_env(tmp_path, make_episode):
+    """A self-consistent episode that claims to be cartpole-swingup with 6 observation entries."""
+    ep = make_episode("cartpole-swingup", 4)
+    s = replace(spec("cartpole-swingup"), obs_keys=(("position", 3), ("velocity", 3)))
+    ep["observations"] = np.concatenate([ep["observations"], ep["observations"][:, :1]], axis=1)
+    row = _episode_row({**ep, "spec": s})
+    bad = write_raw(tmp_path, [row])
+    match = re.escape(f"{bad}: episode 4 of cartpole-swingup has obs_dim=6") + ".*environment.*obs_dim=5"
+    with pytest.raises(DataError, match=match):
+        validate_dataset(tmp_path)
+
+
 def test_validate_finds_duplicates_and_misplaced_episodes(tmp_path, make_episode):
     EpisodeWriter(tmp_path).write([make_episode("cartpole-swingup", 0)])
     write_raw(tmp_path, [_episode_row(make_episode("cartpole-swingup", 0))], name="part-zz.parquet")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -41,6 +42,17 @@ def small_config(data, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+def test_unigram_baseline_is_the_entropy_of_the_token_frequencies():
+    from tdm_dist.learner.train import unigram_nll
+
+    tokens = torch.tensor([[1, 2, 1024, 7, 1, 2, 1024, 7]])  # obs_dim 1, act_dim 1: obs, reward, SEP, action
+    windows = {"tokens": tokens, "obs_dim": torch.tensor([1]), "act_dim": torch.tensor([1])}
+    # counted targets: 2, 7, 1, 2, 7 (SEP excluded); add-one smoothing over the 1026-token vocabulary
+    p = {2: 3 / 1031, 7: 3 / 1031, 1: 2 / 1031}
+    expected = -np.mean([np.log(p[t]) for t in (2, 7, 1, 2, 7)])
+    assert unigram_nll(windows, windows) == pytest.approx(expected)
+
+
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
     cfg = TrainConfig(data="", out="", steps=100, warmup_steps=10, min_lr_ratio=0.1)
     factors = [lr_factor(s, cfg) for s in range(101)]
@@ -52,6 +64,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 def test_two_workers_train_and_checkpoint(episodes, tmp_path, ray_session):
     result = train(small_config(episodes, tmp_path / "run", workers=2))
     assert result["step"] == 12 and np.isfinite(result["val/nll"])
+    assert 0 < result["val/unigram_nll"] < np.log(1026) + 0.5  # the baseline reported beside it
     payload = torch.load(result["checkpoint"], weights_only=True)  # plain data only
     assert payload["step"] == 12 and payload["model_config"]["context"] == 64
     assert payload["env_specs"]["cartpole-swingup"]["act_dim"] == 1
@@ -64,11 +77,16 @@ def test_two_workers_train_and_checkpoint(episodes, tmp_path, ray_session):
 
 
 def test_rerunning_a_finished_run_resumes_instead_of_restarting(episodes, tmp_path, ray_session):
+    from tdm_dist.errors import ConfigError
+
     cfg = small_config(episodes, tmp_path / "run", workers=1)
     first = load_checkpoint(train(cfg)["checkpoint"])
     cfg.steps = 18  # the same --out with more steps continues from step 12
     second = load_checkpoint(train(cfg)["checkpoint"])
     assert first["step"] == 12 and second["step"] == 18
+    cfg.context = 32  # another model in the same run directory cannot resume it
+    with pytest.raises(ConfigError, match="context: 64 -> 32"):
+        train(cfg)
 
 
 def _train_worker_pids() -> list[int]:
@@ -90,26 +108,36 @@ def test_killed_worker_resumes_from_the_last_checkpoint(episodes, tmp_path):
     out = tmp_path / "run"
     args = ["--data", str(episodes), "--out", str(out), "--context", "64", "--steps", "150", "--eval-every", "10"]
     others = set(_train_worker_pids())  # workers of other Ray instances on this machine are not ours to kill
+    log = tmp_path / "train.log"  # a file, not a pipe: nobody reads a pipe while the test waits
     proc = subprocess.Popen(
         [sys.executable, "-m", "tdm_dist.cli", "train", "--workers", "2", "--batch-size", "4", *args],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         deadline = time.time() + 300
-        # Two checkpoint folders: the first is then surely registered with the controller (a folder appears
-        # when its upload starts; a worker killed before the report lands restarts from the one before).
-        while len(list((out / "train").glob("checkpoint_*"))) < 2 and time.time() < deadline and proc.poll() is None:
+        # Kill only once the controller has registered a checkpoint (its snapshot file says so): a checkpoint
+        # folder appears when the upload starts, and reports still queued on a dead worker are lost.
+        snapshot = out / "train" / "checkpoint_manager_snapshot.json"
+        registered = 0
+        while not registered and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
+            try:
+                latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+                registered = latest.get("metrics", {}).get("step", 0)
+            except (OSError, ValueError):
+                pass
         pids = sorted(set(_train_worker_pids()) - others)
         assert pids and proc.poll() is None, "training ended before a worker could be killed"
         os.kill(pids[-1], signal.SIGKILL)
-        output, _ = proc.communicate(timeout=600)
+        proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
+    output = log.read_text()
     assert proc.returncode == 0, output[-3000:]
     resumed = [int(s) for s in re.findall(r"resuming from the checkpoint of step (\d+)", output)]
-    assert resumed and 0 < resumed[0] < 150
+    story = "\n".join(line for line in output.splitlines() if re.search(r"RETRY|resuming|step \d+/|Error count", line))
+    assert resumed and registered <= resumed[0] < 150, f"killed {pids[-1]} of {pids} after step {registered}:\n{story}"
     assert load_checkpoint(out / "model.pt")["step"] == 150
 
 
@@ -146,4 +174,14 @@ def test_nan_observations_stop_training_with_file_and_episode(episodes, tmp_path
     out = _cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "2")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert victim.name in out.stderr and f"episode {episode}" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_dataset_too_small_to_hold_out_validation_is_refused(tmp_path):
+    from tdm_dist.errors import ConfigError
+
+    with EpisodeWriter(tmp_path / "data") as w:
+        w.add(synthetic_episode("cartpole-swingup", 0))
+    with pytest.raises(ConfigError, match="at least 2"):
+        train(small_config(tmp_path / "data", tmp_path / "run"))
     assert not (tmp_path / "run").exists()

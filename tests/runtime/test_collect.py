@@ -61,6 +61,12 @@ def test_bad_collect_settings_are_config_errors(tmp_path):
         CollectConfig(env="cartpole-swingupp", episodes=1, out=str(tmp_path)).check()
     with pytest.raises(ConfigError, match="--episodes"):
         CollectConfig(env="cartpole-swingup", episodes=0, out=str(tmp_path)).check()
+    with pytest.raises(ConfigError, match="apply to the gt-mpc expert, not random"):
+        CollectConfig("cartpole-swingup", 1, str(tmp_path), ExpertConfig(kind="random", action_noise=0.1)).check()
+    with pytest.raises(ConfigError, match=r"elites .* must not exceed samples"):  # before any actor starts
+        CollectConfig("cartpole-swingup", 1, str(tmp_path), ExpertConfig(planner={"samples": 4})).check()
+    with pytest.raises(ConfigError, match="expected gt-mpc, random or rllib:PATH"):
+        ExpertConfig.parse("ppo")
 
 
 def test_corrupt_dataset_stops_collect_with_the_file_name(tmp_path):
