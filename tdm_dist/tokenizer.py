@@ -21,6 +21,7 @@ from enum import IntEnum
 import numpy as np
 import torch
 
+from tdm_dist.arrays import array_module
 from tdm_dist.errors import ConfigError, DataError
 
 NUM_BINS = 1024
@@ -42,13 +43,9 @@ class Kind(IntEnum):
     ACTION = 3
 
 
-def _xp(x):
-    return torch if isinstance(x, torch.Tensor) else np
-
-
 def check_finite(x, name: str) -> None:
     """Raise ``DataError`` naming ``name`` and the first bad index if ``x`` has NaN or inf entries."""
-    xp = _xp(x)
+    xp = array_module(x)
     finite = xp.isfinite(x)
     if not bool(finite.all()):
         bad = np.argwhere(~np.asarray(finite.cpu() if xp is torch else finite))[0]
@@ -58,25 +55,25 @@ def check_finite(x, name: str) -> None:
 
 def mu_law(x):
     """Mu-law companding ``F(x)``, clipped to [-1, 1]."""
-    xp = _xp(x)
+    xp = array_module(x)
     return (xp.sign(x) * xp.log1p(abs(x) * MU) / _LOG_MU_M).clip(-1.0, 1.0)
 
 
 def inverse_mu_law(y):
     """Inverse of :func:`mu_law` on [-1, 1]."""
-    xp = _xp(y)
+    xp = array_module(y)
     return xp.sign(y) * xp.expm1(abs(y) * _LOG_MU_M) / MU
 
 
 def _to_bins(y):
     """Uniform bins over [-1, 1] -> token ids 0...NUM_BINS-1."""
-    xp = _xp(y)
+    xp = array_module(y)
     idx = xp.floor((y + 1.0) * (NUM_BINS / 2.0)).clip(0, NUM_BINS - 1)
     return idx.long() if xp is torch else idx.astype(np.int64)
 
 
 def _bin_centres(tokens, like=None):
-    if _xp(tokens) is torch:
+    if array_module(tokens) is torch:
         dtype = like.dtype if isinstance(like, torch.Tensor) else torch.float32
         return -1.0 + (tokens.to(dtype) + 0.5) * BIN_WIDTH
     return -1.0 + (np.asarray(tokens, dtype=np.float64) + 0.5) * BIN_WIDTH
@@ -153,7 +150,7 @@ def tokenize(observations, rewards, actions):
     [..., T-1, m] (then the last timestep is ``o, r`` only). Returns tokens [..., L] with
     ``L = StepLayout(n, m).sequence_length(T, last_action)``.
     """
-    xp = _xp(observations)
+    xp = array_module(observations)
     T, n = observations.shape[-2:]
     m = actions.shape[-1]
     if rewards.shape != observations.shape[:-1]:
@@ -186,7 +183,7 @@ def detokenize(tokens, layout: StepLayout):
 
     ``L`` must hold whole timesteps, optionally with the last one ending after ``o, r``.
     """
-    xp = _xp(tokens)
+    xp = array_module(tokens)
     L = tokens.shape[-1]
     S = layout.tokens_per_step
     partial = S - layout.act_dim - 1

@@ -24,15 +24,13 @@ import functools
 import numpy as np
 import torch
 
+from tdm_dist.arrays import array_module
+
 _SLIDE, _HINGE = 2, 3  # mujoco.mjtJoint.mjJNT_SLIDE, mjJNT_HINGE
 
 
-def _xp(x):
-    return torch if isinstance(x, torch.Tensor) else np
-
-
 def _stack(xs, axis: int):
-    return torch.stack(xs, dim=axis) if _xp(xs[0]) is torch else np.stack(xs, axis=axis)
+    return torch.stack(xs, dim=axis) if array_module(xs[0]) is torch else np.stack(xs, axis=axis)
 
 
 def _rotate(vx: float, vz: float, angle, rate):
@@ -40,7 +38,7 @@ def _rotate(vx: float, vz: float, angle, rate):
 
     Returns (x, z, dx, dz), each shaped like ``angle``; R_y(a) maps (x, z) to (cos a x + sin a z, -sin a x + cos a z).
     """
-    xp = _xp(angle)
+    xp = array_module(angle)
     c, s = xp.cos(angle), xp.sin(angle)
     x, z = c * vx + s * vz, c * vz - s * vx
     return x, z, rate * z, -rate * x
@@ -144,7 +142,7 @@ class PlanarKinematics:
         [..., 2]: ``xpos`` of body 1. Needs the walker's layout: body 1 has two orthogonal slides, then one hinge
         at its origin, every other body exactly one hinge. Hinge angles come back wrapped to (-pi, pi].
         """
-        xp = _xp(angle)
+        xp = array_module(angle)
         full = [0.0 * angle[..., 0]] + [angle[..., b - 1] for b in range(1, self.nbody)]  # world angle 0
         qpos = [None] * self.nq
         for b in range(1, self.nbody):

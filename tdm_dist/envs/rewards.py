@@ -19,19 +19,16 @@ import torch
 from dm_control.suite import cartpole, cheetah, hopper, humanoid, humanoid_CMU, pendulum, walker
 from dm_control.utils import rewards as dm_rewards
 
+from tdm_dist.arrays import array_module
 from tdm_dist.envs.planar import suite_kinematics
 from tdm_dist.envs.spec import EnvSpec
 
 RewardFn = Callable[[object, object], object]
 
 
-def _xp(x):
-    return torch if isinstance(x, torch.Tensor) else np
-
-
 def _sigmoid(x, value_at_1: float, sigmoid: str):
     """dm_control.utils.rewards._sigmoids for the shapes the suite rewards use, for numpy or torch."""
-    xp = _xp(x)
+    xp = array_module(x)
     if sigmoid == "gaussian":
         scale = np.sqrt(-2 * np.log(value_at_1))
         return xp.exp(-0.5 * (x * scale) ** 2)
@@ -46,7 +43,7 @@ def _sigmoid(x, value_at_1: float, sigmoid: str):
 
 def tolerance(x, bounds=(0.0, 0.0), margin=0.0, sigmoid="gaussian", value_at_margin=0.1):
     """``dm_control.utils.rewards.tolerance`` with the same semantics, for numpy arrays and torch tensors."""
-    if _xp(x) is np:
+    if array_module(x) is np:
         return dm_rewards.tolerance(np.asarray(x), bounds, margin, sigmoid, value_at_margin)
     lower, upper = bounds
     in_bounds = (lower <= x) & (x <= upper)
@@ -57,11 +54,11 @@ def tolerance(x, bounds=(0.0, 0.0), margin=0.0, sigmoid="gaussian", value_at_mar
 
 
 def _norm(x):
-    return torch.linalg.vector_norm(x, dim=-1) if _xp(x) is torch else np.linalg.norm(x, axis=-1)
+    return torch.linalg.vector_norm(x, dim=-1) if array_module(x) is torch else np.linalg.norm(x, axis=-1)
 
 
 def _amin(x):
-    return x.amin(-1) if _xp(x) is torch else x.min(-1)
+    return x.amin(-1) if array_module(x) is torch else x.min(-1)
 
 
 def _small_control(action, reduce: str = "mean"):
@@ -155,7 +152,7 @@ def _walker_stand(spec: EnvSpec) -> RewardFn:
 
 def _with_rootx(position):
     """qpos [..., nq] from the observed qpos[1:]: rootx is left out of the observation, and no reward depends on it."""
-    return _xp(position).concatenate([0 * position[..., :1], position], axis=-1)
+    return array_module(position).concatenate([0 * position[..., :1], position], axis=-1)
 
 
 def _hopper(hopping: bool):
@@ -203,7 +200,7 @@ def _walker(move_speed: float):
 
         def reward(next_obs, action):
             o = _Obs(next_obs, spec)
-            xp = _xp(next_obs)
+            xp = array_module(next_obs)
             # orientations is xmat[1:, (xx, xz)]: the cosine and sine of each body's planar angle; with the
             # torso's height they give qpos up to rootx, which does not enter the velocities
             orientations, height = o["orientations"], o["height"]
