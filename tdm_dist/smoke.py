@@ -6,7 +6,6 @@ episode's own future with the KV-cache decoder; the naive decoder checks the KV 
 
 from __future__ import annotations
 
-import logging
 import time
 
 import numpy as np
@@ -16,8 +15,6 @@ from tqdm import trange
 from tdm_dist import envs
 from tdm_dist.model import TDM, preset
 from tdm_dist.tokenizer import History, StepLayout, tokenize
-
-log = logging.getLogger(__name__)
 
 ENV = "cartpole-swingup"
 

@@ -10,7 +10,6 @@ the same ``--out`` resumes the run. ``finetune`` starts from a checkpoint's weig
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import tempfile
@@ -25,8 +24,6 @@ from tdm_dist.learner.checkpoint import load_checkpoint, resolve_checkpoint, sav
 from tdm_dist.model import TDM, TDMConfig, preset
 from tdm_dist.model.transformer import token_nll
 from tdm_dist.runtime.cluster import init_ray
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -210,6 +207,17 @@ def train_loop_per_worker(config: dict) -> None:
         tb.close()
 
 
+def _epochs_per_pass(summary: dict, cfg: TrainConfig, window_tokens: int) -> int:
+    """Epochs of windows one pass over the train dataset must hold for ``cfg.steps`` steps of every worker.
+
+    Ray Data re-runs a pipeline identically on each pass, so fresh windows per epoch come from folding the
+    epochs into one pass. ``summary`` is ``data.summarize``'s; the window count is an estimate.
+    """
+    tokens = sum(s["steps"] * (s["obs_dim"] + s["act_dim"] + 2) for s in summary.values())
+    windows_per_epoch = max(1, tokens // window_tokens) * (1 - cfg.val_fraction)
+    return math.ceil(cfg.steps * cfg.batch_size * cfg.workers / windows_per_epoch)
+
+
 def _check_resumable(out: Path, model_cfg: TDMConfig) -> None:
     """An existing run directory is resumed (Ray Train restores by storage path and name): its checkpoints
     must hold the same architecture, else every worker would fail to load them."""
@@ -236,9 +244,9 @@ def _unwrap_worker_error(error: Exception) -> Exception:
         if isinstance(e, TdmError):
             return e
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-        todo += list(
-            getattr(e, "worker_failures", {}).values() if isinstance(getattr(e, "worker_failures", None), dict) else []
-        )
+        failures = getattr(e, "worker_failures", None)  # WorkerGroupError: {rank: exception}
+        if isinstance(failures, dict):
+            todo += failures.values()
     return error
 
 
@@ -294,11 +302,7 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
     init_ray(address, min_cpus=cfg.workers * cfg.cpus_per_worker + 1)  # + 1 for the Ray Data tasks
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.workers
     env_specs = read_specs(cfg.data)
-    # One pass over the train dataset holds enough freshly cut windows for every step (Ray Data re-runs a
-    # pipeline identically on each pass, so epochs are folded into the pass).
-    tokens = sum(s["steps"] * (s["obs_dim"] + s["act_dim"] + 2) for s in summarize(cfg.data).values())
-    windows_per_epoch = max(1, tokens // model_cfg.context) * (1 - cfg.val_fraction)
-    epochs = math.ceil(cfg.steps * cfg.batch_size * cfg.workers / windows_per_epoch)
+    epochs = _epochs_per_pass(summarize(cfg.data), cfg, model_cfg.context)
     data_cfg = DatasetConfig(
         path=cfg.data,
         window_tokens=model_cfg.context,

@@ -7,7 +7,6 @@ time. Each finished episode goes to the writer at once; files appear complete or
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,8 +16,6 @@ from tdm_dist import envs
 from tdm_dist.errors import ConfigError
 from tdm_dist.runtime.cluster import init_ray
 from tdm_dist.runtime.env_worker import ExpertConfig, remote_env_worker
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
