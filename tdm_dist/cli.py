@@ -65,6 +65,13 @@ def _cmd_smoke(args: argparse.Namespace) -> None:
     print("smoke " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from tdm_dist.demo import DemoConfig, print_summary, run_demo
+
+    fields = {k: getattr(args, k) for k in ("out", "episodes", "steps", "seed", "train_steps", "data_episodes")}
+    print_summary(run_demo(DemoConfig(**{k: v for k, v in fields.items() if v is not None}), address=args.address))
+
+
 def _cmd_collect(args: argparse.Namespace) -> None:
     from tdm_dist.runtime.collect import CollectConfig, collect
     from tdm_dist.runtime.env_worker import ExpertConfig
@@ -142,6 +149,93 @@ def _cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def _eval_config(args: argparse.Namespace):
+    from tdm_dist.planning.optimizers import PlannerConfig
+    from tdm_dist.runtime.evaluate import EvalConfig
+
+    planner = PlannerConfig(
+        kind=args.planner,
+        samples=args.samples,
+        horizon=args.horizon,
+        beta=args.beta,
+        variance=args.variance,
+        sigma=args.sigma,
+        iterations=args.iterations,
+        elites=min(args.elites, args.samples) if args.planner == "cem" else args.elites,
+        replan_every=args.replan_every,
+    )
+    return EvalConfig(
+        env=args.env,
+        model=args.model,
+        checkpoint=args.ckpt,
+        policy=args.policy,
+        planner=planner,
+        objective=args.objective,
+        greedy=args.greedy,
+        episodes=args.episodes,
+        agents=args.agents,
+        steps=args.steps,
+        seed=args.seed,
+        servers=args.servers,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        prompt=args.prompt,
+    )
+
+
+def print_result(result: dict) -> None:
+    """The result table of ``tdm eval``."""
+    p = result["settings"]["planner"]
+    what = "BC policy" if result["policy"] == "bc" else f"{p['kind']} K={p['samples']} N={p['horizon']}"
+    print(f"{result['env']}  model={result['model']}  {what}  episodes={len(result['returns'])}")
+    print(f"  mean return   {result['mean_return']:.1f} ± {result['ci68']:.1f} (68% CI)")
+    print(f"  per episode   {', '.join(f'{r:.1f}' for r in result['returns'])}")
+    print(
+        f"  env steps/s   {result['env_steps_per_s']:.1f}   (wall {result['wall_s']:.0f} s, reruns {result['reruns']})"
+    )
+    if result["checkpoint"]:
+        print(f"  checkpoint    {result['checkpoint']}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from tdm_dist.runtime.evaluate import evaluate
+
+    result = evaluate(_eval_config(args), address=args.address)
+    print_result(result)
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+
+
+def write_json(path: str, payload: dict) -> None:
+    """``payload`` as indented JSON at ``path`` (folders created), written whole or not at all."""
+    import os
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, target)
+
+
+def _add_planner_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("planner")
+    g.add_argument("--planner", default="shooting", help="shooting (default), cem or proposal")
+    g.add_argument("--samples", "-K", type=int, default=128, help="candidate action sequences K (default 128)")
+    g.add_argument("--horizon", "-N", type=int, default=25, help="planning horizon N in env steps (default 25)")
+    g.add_argument(
+        "--beta", type=float, default=2.0, help="colored-noise exponent: 2 Brownian (default), 1 pink, 0 white"
+    )
+    g.add_argument("--variance", type=float, default=2.0, help="noise variance per action entry (default 2)")
+    g.add_argument("--sigma", type=float, default=0.3, help="proposal: std of the noise on the BC actions")
+    g.add_argument("--iterations", type=int, default=1, help="cem: refit rounds per step")
+    g.add_argument("--elites", type=int, default=10, help="cem: elite candidates")
+    g.add_argument("--replan-every", type=int, default=1, help="env steps between plans (default 1)")
+    g.add_argument("--objective", default="auto", help="auto, obs (reward from predicted obs) or predicted (rewards)")
+    g.add_argument("--greedy", action="store_true", help="decode imagined tokens greedily instead of sampling")
+
+
 def _add_train_arguments(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--data", required=True, help="Parquet dataset written by `tdm collect`")
     p.add_argument("--out", required=True, help="run directory; re-running with the same --out resumes")
@@ -189,6 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the episode, the model and the sampling")
     p.set_defaults(func=_cmd_smoke)
 
+    p = sub.add_parser(
+        "demo",
+        help="the main job: expert data -> tiny TDM -> MPC with the TDM vs ground truth vs random (~15 min, 2 CPUs)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default runs/demo); a re-run reuses data and model")
+    p.add_argument("--data-episodes", type=int, default=None, help="expert episodes to train on (default 16)")
+    p.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default 1500)")
+    p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per model (default 4)")
+    p.add_argument("--steps", type=int, default=None, help="env steps per evaluation episode (default 1000)")
+    p.add_argument("--seed", type=int, default=None)
+    _add_address(p)
+    p.set_defaults(func=_cmd_demo)
+
     p = sub.add_parser("collect", help="collect expert episodes into a Parquet dataset (resumable)")
     p.add_argument("--env", required=True, help="environment name (see `tdm envs`)")
     p.add_argument("--episodes", type=int, required=True, help="episode ids 0..N-1 end up in the dataset")
@@ -227,6 +334,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_checkpoint", required=True, help="checkpoint file or run directory")
     _add_train_arguments(p, finetune=True)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="mean return of MPC (or BC) with a model over episodes, on MPCAgent actors")
+    p.add_argument("--env", required=True, help="environment name (see `tdm envs`)")
+    p.add_argument("--model", default="tdm", help="tdm (default; needs --ckpt), ground-truth or random")
+    p.add_argument("--ckpt", default=None, help="TDM checkpoint: file, checkpoint folder or run folder")
+    p.add_argument("--policy", default="mpc", help="mpc (plan every step, default) or bc (the TDM's own actions)")
+    _add_planner_arguments(p)
+    p.add_argument("--episodes", type=int, default=4, help="episodes in the result (default 4)")
+    p.add_argument("--agents", type=int, default=4, help="MPCAgent actors playing at once (default 4)")
+    p.add_argument("--steps", type=int, default=None, help="env steps per episode (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="episode i starts from seed*1e6 + i")
+    p.add_argument("--servers", type=int, default=1, help="ModelServer actors (default 1)")
+    p.add_argument("--max-batch", type=int, default=16, help="requests merged into one decode (default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
+    p.add_argument("--prompt", default=None, help="dataset whose first episode of --env prompts the TDM")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
+    _add_address(p)
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

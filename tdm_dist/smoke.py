@@ -61,9 +61,9 @@ def run_smoke(steps: int = 300, seed: int = 0, episode_steps: int = 300, window_
     plans[0] = torch.from_numpy(actions[t0 : t0 + horizon])
     reward = envs.reward_fn(ENV)
     tic = time.perf_counter()
-    imagined, _ = model.imagine(history, plans, reward_fn=reward, greedy=True)
+    imagined = model.imagine(history, plans, reward_fn=reward, greedy=True).obs
     kv_s = time.perf_counter() - tic
-    naive, _ = model.imagine(history, plans[:4], reward_fn=reward, greedy=True, naive=True)
+    naive = model.imagine(history, plans[:4], reward_fn=reward, greedy=True, naive=True).obs
     truth = obs[t0 + 1 : t0 + 1 + horizon]
     rmse = np.sqrt(((imagined[0].numpy() - truth) ** 2).mean(axis=1))
     return {

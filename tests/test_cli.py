@@ -22,7 +22,7 @@ def tdm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands():
     out = tdm("--help")
     assert out.returncode == 0
-    for command in ("envs", "model-info", "smoke", "collect", "data", "train", "finetune", "expert"):
+    for command in ("envs", "model-info", "smoke", "demo", "collect", "data", "train", "finetune", "expert", "eval"):
         assert command in out.stdout
 
 
@@ -69,7 +69,9 @@ def test_readme_library_example_runs():
     exec(compile(code, "README.md", "exec"), {})
 
 
-@pytest.mark.parametrize("name,metric", [("decode", "kv_speedup"), ("ingest", "ingest_efficiency")])
+@pytest.mark.parametrize(
+    "name,metric", [("decode", "kv_speedup"), ("ingest", "ingest_efficiency"), ("serve", "server_efficiency")]
+)
 def test_benchmarks_run_in_smoke_mode(name, metric):
     out = subprocess.run(
         [sys.executable, f"experiments/benchmarks/{name}.py", "--smoke"],
@@ -80,3 +82,64 @@ def test_benchmarks_run_in_smoke_mode(name, metric):
     )
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(rf"{metric}=\d+(\.\d+)?", out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def cartpole_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random TDM whose checkpoint says it was trained on cartpole-swingup (n=5, m=1), context 128."""
+    import torch
+
+    from tdm_dist import envs
+    from tdm_dist.learner.checkpoint import save_checkpoint
+    from tdm_dist.model import TDM, preset
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("eval")
+    save_checkpoint(root / "ckpt", TDM(preset("tiny", context=128)), env_specs={
+        "cartpole-swingup": envs.spec("cartpole-swingup").to_dict()
+    })  # fmt: skip
+    (root / "notes.txt").write_text("not a checkpoint\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        pytest.param(
+            ["--ckpt", "{root}/notes.txt"],
+            r"{root}/notes.txt is not a readable checkpoint",
+        ),
+        (["--ckpt", "{root}/nowhere"], r"checkpoint {root}/nowhere does not exist"),
+        (
+            ["--env", "walker-walk", "--ckpt", "{root}/ckpt"],
+            r"walker-walk has 24 observation and 6 action entries, but the checkpoint was trained on cartpole-swingup",
+        ),
+        (["--ckpt", "{root}/ckpt", "--horizon", "0"], r"planner horizon must be an integer >= 1, got 0"),
+        (["--ckpt", "{root}/ckpt", "--samples", "0"], r"planner samples must be an integer >= 1, got 0"),
+        (["--ckpt", "{root}/ckpt", "--planner", "bogus"], r"planner kind must be one of shooting, cem, proposal"),
+        (["--ckpt", "{root}/ckpt", "--horizon", "16"], r"horizon 16 does not fit .* the longest horizon is 15"),
+    ],
+    ids=["not-a-checkpoint", "missing-checkpoint", "env-dims-mismatch", "horizon-0", "samples-0", "bogus-planner",
+         "horizon-too-long"],
+)  # fmt: skip
+def test_eval_rejects_bad_settings_before_starting_ray(cartpole_checkpoint, args, message):
+    root = str(cartpole_checkpoint)
+    args = [a.format(root=root) for a in args]
+    if "--env" not in args:
+        args = ["--env", "cartpole-swingup", *args]
+    out = tdm("eval", *args, "--episodes", "1", "--steps", "5")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr  # one line: no Ray start-up log (the settings are checked first)
+    assert lines[0].startswith("tdm eval: error: ")
+    assert re.search(message.format(root=re.escape(root)), lines[0]), lines[0]
+    assert out.stdout == ""
+
+
+def test_eval_of_a_text_file_is_a_checkpoint_error_not_a_traceback(cartpole_checkpoint):
+    out = tdm("eval", "--env", "cartpole-swingup", "--ckpt", str(cartpole_checkpoint / "notes.txt"))
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    first = out.stderr.splitlines()[0]
+    assert first.startswith(f"tdm eval: error: {cartpole_checkpoint / 'notes.txt'} is not a readable checkpoint")

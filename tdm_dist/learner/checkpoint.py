@@ -53,7 +53,10 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         payload = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated, or not a torch file at all
-        raise CheckpointError(f"{file} is not a readable checkpoint: {e.__class__.__name__}: {e}") from None
+        # Not torch's message: it runs to many lines and advises weights_only=False, which we never do.
+        raise CheckpointError(
+            f"{file} is not a readable checkpoint (not a torch file, or corrupt: {e.__class__.__name__})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a tdm_dist checkpoint (expected format {FORMAT!r})")
     return payload

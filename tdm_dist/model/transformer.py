@@ -12,7 +12,7 @@ n observation entries, m action entries, P tokens of shared history (prefix), S 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -68,40 +68,56 @@ def preset(name: str, **overrides) -> TDMConfig:
 
 
 class LayerCache:
-    """Keys and values of one attention layer during decoding.
+    """Keys and values of one attention layer while decoding B requests of K candidates each.
 
-    The history (prefix) is encoded once with batch 1 and shared by all K candidates without copying;
-    each candidate appends its own tokens to a preallocated suffix buffer.
+    Each request's history (prefix) is encoded once, B histories side by side (left-padded to the longest),
+    and shared by its K candidates without copying: the candidates are folded into the query axis, so a
+    prefix is read once per head as one matrix product. Each candidate appends its own tokens to a
+    preallocated suffix buffer; rows are request-major (row = b * K + k).
     """
 
-    def __init__(self, candidates: int, n_head: int, head_dim: int, max_suffix: int, device, dtype):
-        self.prefix_k: torch.Tensor | None = None  # [1, H, P, D]
+    def __init__(self, requests: int, candidates: int, n_head: int, head_dim: int, max_suffix: int, device, dtype):
+        self.B, self.K = requests, candidates
+        self.prefix_k: torch.Tensor | None = None  # [B, H, P, D]
         self.prefix_v: torch.Tensor | None = None
-        self.k = torch.empty(candidates, n_head, max_suffix, head_dim, device=device, dtype=dtype)  # [K,H,S,D]
+        self.prefix_mask: torch.Tensor | None = None  # [B, 1, 1, P] -inf on padding, or None without padding
+        self.k = torch.empty(requests * candidates, n_head, max_suffix, head_dim, device=device, dtype=dtype)
         self.v = torch.empty_like(self.k)
         self.filled = 0  # suffix tokens written so far
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self.prefix_k is None:  # encoding the shared history: plain causal attention, batch 1
-            self.prefix_k, self.prefix_v = k, v
+    def encode_prefix(self, q, k, v, valid: torch.Tensor | None) -> torch.Tensor:
+        """Causal attention over the B histories; ``valid`` [B, P] is False on left padding (None: no padding)."""
+        self.prefix_k, self.prefix_v = k, v
+        if valid is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        K, H, c, D = q.shape
-        P = self.prefix_k.shape[2]
+        P = q.shape[2]
+        causal = torch.ones(P, P, dtype=torch.bool, device=q.device).tril()
+        eye = torch.eye(P, dtype=torch.bool, device=q.device)  # a padded query attends to itself, never NaN
+        allowed = (causal & valid[:, None, None, :]) | eye  # [B, 1, P, P]
+        self.prefix_mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill(~valid, float("-inf"))
+        self.prefix_mask = self.prefix_mask[:, None, None, :]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        R, H, c, D = q.shape  # R = B * K rows
+        B, K, P = self.B, self.K, self.prefix_k.shape[2]
         s0, s1 = self.filled, self.filled + c
         self.k[:, :, s0:s1], self.v[:, :, s0:s1] = k, v
         self.filled = s1
         scale = 1.0 / math.sqrt(D)
-        # The prefix is common to all candidates: fold K into the query axis so it is read once,
-        # as one matrix product per head instead of K.
-        q_flat = q.transpose(0, 1).reshape(H, K * c, D)
-        scores_prefix = (q_flat @ self.prefix_k[0].transpose(1, 2)).view(H, K, c, P).transpose(0, 1)
-        scores_suffix = q @ self.k[:, :, :s1].transpose(2, 3)  # [K, H, c, s1]
+        # [B*K, H, c, D] -> [B, H, K*c, D]: each request's prefix is multiplied once for all its candidates.
+        q_fold = q.view(B, K, H, c, D).transpose(1, 2).reshape(B, H, K * c, D)
+        scores_prefix = q_fold @ self.prefix_k.transpose(2, 3)  # [B, H, K*c, P]
+        if self.prefix_mask is not None:
+            scores_prefix = scores_prefix + self.prefix_mask
+        scores_prefix = scores_prefix.view(B, H, K, c, P).transpose(1, 2).reshape(R, H, c, P)
+        scores_suffix = q @ self.k[:, :, :s1].transpose(2, 3)  # [R, H, c, s1]
         if c > 1:  # causal within the chunk just written
             future = torch.ones(c, c, dtype=torch.bool, device=q.device).triu(1)
             scores_suffix[..., s0:s1] = scores_suffix[..., s0:s1].masked_fill(future, float("-inf"))
         weights = (torch.cat([scores_prefix, scores_suffix], dim=-1) * scale).softmax(dim=-1)
-        w_prefix = weights[..., :P].transpose(0, 1).reshape(H, K * c, P)
-        out_prefix = (w_prefix @ self.prefix_v[0]).view(H, K, c, D).transpose(0, 1)
+        w_prefix = weights[..., :P].reshape(B, K, H, c, P).transpose(1, 2).reshape(B, H, K * c, P)
+        out_prefix = (w_prefix @ self.prefix_v).view(B, H, K, c, D).transpose(1, 2).reshape(R, H, c, D)
         return out_prefix + weights[..., P:] @ self.v[:, :, :s1]
 
 
@@ -113,13 +129,15 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, valid: torch.Tensor | None = None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3×[B,H,T,D]
         if cache is None:
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
             )
+        elif cache.prefix_k is None:
+            y = cache.encode_prefix(q, k, v, valid)
         else:
             y = cache.attend(q, k, v)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
@@ -136,8 +154,8 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), cache))
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, valid: torch.Tensor | None = None):
+        x = x + self.drop(self.attn(self.ln1(x), cache, valid))
         return x + self.mlp(self.ln2(x))
 
 
@@ -149,10 +167,10 @@ def _layout_tensors(obs_dim, act_dim, device):
 
 
 def token_kinds(positions: torch.Tensor, obs_dim, act_dim) -> tuple[torch.Tensor, torch.Tensor]:
-    """(position within timestep, kind) of tokens at window positions ``positions`` [T] (window starts at
-    a timestep boundary). ``obs_dim``/``act_dim`` are ints or [B] tensors (one layout per row)."""
+    """(position within timestep, kind) of tokens at window positions ``positions`` [T] or [B, T] (a window
+    starts at a timestep boundary). ``obs_dim``/``act_dim`` are ints or [B] tensors (one layout per row)."""
     n, m = _layout_tensors(obs_dim, act_dim, positions.device)
-    step_pos = positions.view(1, -1) % (n + m + 2)  # [B or 1, T]
+    step_pos = positions.view(-1, positions.shape[-1]) % (n + m + 2)  # [B or 1, T]
     kind = torch.full_like(step_pos, int(Kind.ACTION))
     kind = torch.where(step_pos == n + 1, int(Kind.SEP), kind)
     kind = torch.where(step_pos == n, int(Kind.REWARD), kind)
@@ -246,7 +264,7 @@ class TDM(nn.Module):
     # ------------------------------------------------------------------ decoding views
 
     def _pick(self, logits: torch.Tensor, greedy: bool, generator: torch.Generator | None) -> torch.Tensor:
-        """One token id per row from next-token logits [K, V], among the value bins only."""
+        """One token id per row from next-token logits [R, V], among the value bins only."""
         logits = logits[:, :NUM_BINS]
         if greedy:
             return logits.argmax(dim=-1)
@@ -255,34 +273,75 @@ class TDM(nn.Module):
         u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator) * cdf[:, -1:]
         return torch.searchsorted(cdf, u).squeeze(1).clamp(max=NUM_BINS - 1)
 
+    def _mean_action(self, logits: torch.Tensor) -> torch.Tensor:
+        """The mean of the predicted action-entry distribution, [R], from next-token logits [R, V]."""
+        centres = decode_actions(torch.arange(NUM_BINS, device=logits.device), logits.float())
+        return logits[:, :NUM_BINS].float().softmax(dim=-1) @ centres
+
     @torch.no_grad()
-    def imagine(
+    def imagine(self, history: History, actions: torch.Tensor | None = None, **options) -> Imagined:
+        """Predict what K candidate action sequences lead to, from one history (paper §4.1).
+
+        history: the real interaction, ending with o_t, r_t. actions: [K, N, m] in [-1, 1]. Returns obs
+        [K, N, n], rewards [K, N] and the actions [K, N, m]. Options are those of :meth:`imagine_batch`
+        (``reward_fn`` in place of ``reward_fns``; ``noise`` [K, N, m] for proposals).
+        """
+        if "reward_fn" in options:
+            options["reward_fns"] = [options.pop("reward_fn")]
+        if options.get("noise") is not None:
+            options["noise"] = torch.as_tensor(options["noise"]).unsqueeze(0)
+        if actions is not None:
+            actions = torch.as_tensor(actions).unsqueeze(0)
+        return self.imagine_batch([history], actions, **options).squeeze(0)
+
+    @torch.no_grad()
+    def imagine_batch(
         self,
-        history: History,
-        actions: torch.Tensor,
+        histories: Sequence[History],
+        actions: torch.Tensor | None = None,
         *,
-        reward_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        noise: torch.Tensor | None = None,
+        reward_fns: Sequence[RewardFn | None] | None = None,
         greedy: bool = False,
         generator: torch.Generator | None = None,
         naive: bool = False,
         return_logits: bool = False,
-    ):
-        """Predict what K candidate action sequences lead to, from one shared history (paper §4.1).
+    ) -> Imagined:
+        """Imagine B requests of K candidates each in one batched decode (the ModelServer's merged batch).
 
-        history: the real interaction, ending with o_t, r_t. actions: [K, N, m] in [-1, 1].
-        reward_fn(next_obs [K, n], action [K, m]) -> [K]: when given, rewards are computed from the
-        predicted observations (eq. 5) and fed back without a decode step; otherwise they are decoded
-        (eq. 6). Returns obs [K, N, n] and rewards [K, N] (and, with ``return_logits``, the logits of every
-        decoded token, [K, N, n or n + 1, V]). ``naive`` re-encodes the whole sequence for every token: the
-        reference for tests and benchmarks, never for use.
+        histories: B real interactions of one layout (n, m), each ending with o_t, r_t; each is encoded once
+        and its KV cache shared by its K candidates. actions: [B, K, N, m] in [-1, 1], teacher-forced. Or,
+        for the proposal planner (§5.1.1), ``actions=None`` and ``noise`` [B, K, N, m]: every action is the
+        model's BC mean action at that point of the imagined trajectory plus the noise, clipped.
+        reward_fns[b](next_obs [K, n], action [K, m]) -> [K]: when given, request b's rewards are computed
+        from the predicted observations (eq. 5) and fed back without a decode step; otherwise they are
+        decoded (eq. 6). Give all B or none. ``naive`` re-encodes the whole sequence for every token (one
+        request only): the reference for tests and benchmarks, never for use. ``return_logits`` adds the
+        logits of every decoded token, [B, K, N, tokens decoded per step, V].
         """
-        layout = history.layout
+        B = len(histories)
+        if B < 1:
+            raise ConfigError("imagine_batch needs at least one history")
+        layout = histories[0].layout
+        if any(h.layout != layout for h in histories):
+            raise ConfigError("histories decoded together must share one layout (observation and action dims)")
         n, m = layout.obs_dim, layout.act_dim
         self.check_layout(n, m)
-        actions = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
-        if actions.ndim != 3 or actions.shape[2] != m or actions.shape[1] < 1:
-            raise ConfigError(f"actions must be [K, N >= 1, {m}] for this history, got {tuple(actions.shape)}")
-        K, N, _ = actions.shape
+        proposal = actions is None
+        given = noise if proposal else actions
+        if given is None:
+            raise ConfigError("give actions [B, K, N, m], or noise [B, K, N, m] to decode proposal actions")
+        given = torch.as_tensor(given, dtype=torch.float32, device=self.device)
+        what = "noise" if proposal else "actions"
+        if given.ndim != 4 or given.shape[0] != B or given.shape[3] != m or min(given.shape[1:3]) < 1:
+            raise ConfigError(
+                f"{what} must be [{B}, K >= 1, N >= 1, {m}] for these histories, got {tuple(given.shape)}"
+            )
+        _, K, N, _ = given.shape
+        reward_fns = list(reward_fns) if reward_fns is not None else [None] * B
+        if len(reward_fns) != B or (None in reward_fns and any(f is not None for f in reward_fns)):
+            raise ConfigError(f"reward_fns must give all {B} requests a reward function, or none")
+        decode_rewards = reward_fns[0] is None
         imagined_tokens = N * layout.tokens_per_step
         if imagined_tokens + n + 1 > self.cfg.context:
             longest = (self.cfg.context - n - 1) // layout.tokens_per_step
@@ -290,100 +349,158 @@ class TDM(nn.Module):
                 f"a horizon of {N} steps ({layout.tokens_per_step} tokens each) and the current observation do not "
                 f"fit the model's context of {self.cfg.context} tokens; the longest horizon is {longest}"
             )
-        prefix = history.tokens(self.cfg.context - imagined_tokens)
-        prefix = torch.as_tensor(prefix, device=self.device).long()
-        decoder = (_NaiveDecoder if naive else _CachedDecoder)(self, prefix, K, imagined_tokens, n, m)
+        prefixes = [torch.as_tensor(h.tokens(self.cfg.context - imagined_tokens)).long() for h in histories]
+        if naive and B != 1:
+            raise ConfigError("the naive decoder takes one history")
+        decoder = (_NaiveDecoder if naive else _CachedDecoder)(self, prefixes, K, imagined_tokens, n, m)
 
-        action_tokens = encode_actions(actions)  # [K, N, m]
-        sep = torch.full((K, 1), SEPARATOR, dtype=torch.long, device=self.device)
-        obs_tokens = torch.empty(K, N, n, dtype=torch.long, device=self.device)
-        reward_tokens = torch.empty(K, N, dtype=torch.long, device=self.device)
-        rewards = torch.empty(K, N, device=self.device)
+        R = B * K  # decoded rows, request-major
+        given = given.reshape(R, N, m)
+        actions = given.clone() if proposal else given
+        action_tokens = None if proposal else encode_actions(actions)  # [R, N, m]
+        sep = torch.full((R, 1), SEPARATOR, dtype=torch.long, device=self.device)
+        obs_tokens = torch.empty(R, N, n, dtype=torch.long, device=self.device)
+        rewards = torch.empty(R, N, device=self.device)
         logits_out = []
-        chunk = torch.cat([sep, action_tokens[:, 0]], dim=1)  # SEP, a_t
+
+        def decode(chunk):
+            logits = decoder.feed(chunk)
+            if return_logits:
+                logits_out.append(logits)
+            return logits
+
+        pending = sep  # known tokens not yet fed: they go in as one chunk before the next decoded token
         for step in range(N):
-            for i in range(n):  # o_{t+1}, one token at a time
-                logits = decoder.feed(chunk)
-                if return_logits:
-                    logits_out.append(logits)
-                obs_tokens[:, step, i] = self._pick(logits, greedy, generator)
-                chunk = obs_tokens[:, step, i : i + 1]
-            if reward_fn is None:  # r_{t+1} decoded by the model
-                logits = decoder.feed(chunk)
-                if return_logits:
-                    logits_out.append(logits)
-                reward_tokens[:, step] = self._pick(logits, greedy, generator)
-                rewards[:, step] = decode_values(reward_tokens[:, step], rewards)
-                known = reward_tokens[:, step : step + 1]
-            else:  # r_{t+1} computed from o_{t+1}: it joins the next chunk, no decode step of its own
-                next_obs = decode_values(obs_tokens[:, step], rewards)
-                rewards[:, step] = reward_fn(next_obs, actions[:, step])
-                reward_tokens[:, step] = encode_values(rewards[:, step], "rewards from reward_fn")
-                known = torch.cat([chunk, reward_tokens[:, step : step + 1]], dim=1)
-            if step + 1 < N:
-                chunk = torch.cat([known, sep, action_tokens[:, step + 1]], dim=1)
-        obs = decode_values(obs_tokens, rewards)
+            if proposal:  # a_{t+step}: BC mean action, conditioned on what was imagined so far, plus noise
+                for j in range(m):
+                    mean = self._mean_action(decode(pending))
+                    actions[:, step, j] = (mean + given[:, step, j]).clamp(-1.0, 1.0)
+                    pending = encode_actions(actions[:, step, j : j + 1])
+            else:
+                pending = torch.cat([pending, action_tokens[:, step]], dim=1)
+            for i in range(n):  # o_{t+step+1}, one token at a time
+                obs_tokens[:, step, i] = self._pick(decode(pending), greedy, generator)
+                pending = obs_tokens[:, step, i : i + 1]
+            if decode_rewards:  # r_{t+step+1} decoded by the model
+                reward_token = self._pick(decode(pending), greedy, generator)
+                rewards[:, step] = decode_values(reward_token, rewards)
+                pending = reward_token[:, None]
+            else:  # computed from o_{t+step+1}: it joins the next chunk, no decode step of its own
+                next_obs = decode_values(obs_tokens[:, step], rewards).view(B, K, n)
+                step_actions = actions[:, step].view(B, K, m)
+                values = [fn(next_obs[b], step_actions[b]) for b, fn in enumerate(reward_fns)]
+                rewards[:, step] = torch.cat([torch.as_tensor(v, device=self.device).reshape(K) for v in values])
+                reward_token = encode_values(rewards[:, step], "rewards from reward_fn")
+                pending = torch.cat([pending, reward_token[:, None]], dim=1)
+            pending = torch.cat([pending, sep], dim=1)
+        logits = None
         if return_logits:
-            return obs, rewards, torch.stack(logits_out, dim=1).view(K, N, -1, self.cfg.vocab_size)
-        return obs, rewards
+            logits = torch.stack(logits_out, dim=1).view(B, K, N, -1, self.cfg.vocab_size)
+        return Imagined(
+            obs=decode_values(obs_tokens, rewards).view(B, K, N, n),
+            rewards=rewards.view(B, K, N),
+            actions=actions.view(B, K, N, m),
+            logits=logits,
+        )
 
     @torch.no_grad()
-    def act(
+    def act(self, history: History, **options) -> torch.Tensor:
+        """The BC-policy view: decode a_t given the history ending in o_t, r_t. Returns [samples, m]."""
+        return self.act_batch([history], **options)[0]
+
+    @torch.no_grad()
+    def act_batch(
         self,
-        history: History,
+        histories: Sequence[History],
         *,
         samples: int = 1,
         greedy: bool = True,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The BC-policy view: decode a_t given the history ending in o_t, r_t. Returns [samples, m]."""
-        layout = history.layout
-        self.check_layout(layout.obs_dim, layout.act_dim)
-        prefix = history.tokens(self.cfg.context - layout.act_dim - 1)
-        prefix = torch.as_tensor(prefix, device=self.device).long()
-        decoder = _CachedDecoder(self, prefix, samples, layout.act_dim + 1, layout.obs_dim, layout.act_dim)
-        tokens = torch.empty(samples, layout.act_dim, dtype=torch.long, device=self.device)
-        chunk = torch.full((samples, 1), SEPARATOR, dtype=torch.long, device=self.device)
-        for i in range(layout.act_dim):
+        """BC actions for B histories of one layout in one batched decode -> [B, samples, m]."""
+        B = len(histories)
+        layout = histories[0].layout
+        if any(h.layout != layout for h in histories):
+            raise ConfigError("histories decoded together must share one layout (observation and action dims)")
+        n, m = layout.obs_dim, layout.act_dim
+        self.check_layout(n, m)
+        prefixes = [torch.as_tensor(h.tokens(self.cfg.context - m - 1)).long() for h in histories]
+        decoder = _CachedDecoder(self, prefixes, samples, m + 1, n, m)
+        tokens = torch.empty(B * samples, m, dtype=torch.long, device=self.device)
+        chunk = torch.full((B * samples, 1), SEPARATOR, dtype=torch.long, device=self.device)
+        for i in range(m):
             tokens[:, i] = self._pick(decoder.feed(chunk), greedy, generator)
             chunk = tokens[:, i : i + 1]
-        return decode_actions(tokens, self.tok_emb.weight).float()
+        return decode_actions(tokens, self.tok_emb.weight).float().view(B, samples, m)
+
+
+RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Imagined:
+    """What :meth:`TDM.imagine_batch` predicts: obs [..., N, n], rewards [..., N], actions [..., N, m]."""
+
+    obs: torch.Tensor
+    rewards: torch.Tensor
+    actions: torch.Tensor
+    logits: torch.Tensor | None = None  # [..., N, decoded tokens per step, V], on request
+
+    def squeeze(self, dim: int) -> Imagined:
+        return Imagined(
+            *(None if t is None else t.squeeze(dim) for t in (self.obs, self.rewards, self.actions, self.logits))
+        )
 
 
 class _CachedDecoder:
-    """Feeds tokens through the model with a KV cache: the prefix once, then K candidate suffixes."""
+    """Feeds tokens through the model with a KV cache: B prefixes once, then K candidate suffixes for each."""
 
-    def __init__(self, model: TDM, prefix: torch.Tensor, candidates: int, max_new: int, obs_dim: int, act_dim: int):
-        cfg = model.cfg
+    def __init__(
+        self, model: TDM, prefixes: list[torch.Tensor], candidates: int, max_new: int, obs_dim: int, act_dim: int
+    ):
+        cfg, device = model.cfg, model.device
         self.model, self.obs_dim, self.act_dim = model, obs_dim, act_dim
+        B = len(prefixes)
+        lengths = torch.tensor([len(p) for p in prefixes], device=device)
+        P = int(lengths.max())
+        pad = P - lengths  # left padding, so every row's last prefix token is its o_t, r_t
+        tokens = torch.full((B, P), PAD, dtype=torch.long, device=device)
+        for b, p in enumerate(prefixes):
+            tokens[b, int(pad[b]) :] = p.to(device)
+        positions = (torch.arange(P, device=device) - pad[:, None]).clamp(min=0)  # [B, P] window positions
+        valid = torch.arange(P, device=device)[None] >= pad[:, None]  # [B, P] False on padding
+        if bool(valid.all()):
+            valid = None  # no padding: plain causal attention
         w = model.tok_emb.weight
         self.caches = [
-            LayerCache(candidates, cfg.n_head, cfg.d_model // cfg.n_head, max_new, w.device, w.dtype)
+            LayerCache(B, candidates, cfg.n_head, cfg.d_model // cfg.n_head, max_new, w.device, w.dtype)
             for _ in range(cfg.n_layer)
         ]
-        self.position = 0
-        self._run(prefix.unsqueeze(0))  # encode the shared history once, batch 1
+        self.next_position = lengths.repeat_interleave(candidates)[:, None]  # [R, 1]
+        self._run(tokens, positions, valid)
 
-    def _run(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _run(self, tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         model = self.model
-        positions = torch.arange(self.position, self.position + tokens.shape[1], device=tokens.device)
-        self.position += tokens.shape[1]
         x = model._embed(tokens, positions, self.obs_dim, self.act_dim)
-        for block, cache in zip(model.blocks, self.caches, strict=False):
-            x = block(x, cache)
+        for block, cache in zip(model.blocks, self.caches, strict=True):
+            x = block(x, cache, valid)
         return model.head(model.ln_f(x[:, -1]))
 
     def feed(self, chunk: torch.Tensor) -> torch.Tensor:
-        """chunk: [K, c] tokens -> logits [K, V] of the token after the chunk."""
-        return self._run(chunk)
+        """chunk: [R, c] tokens -> logits [R, V] of the token after the chunk."""
+        positions = self.next_position + torch.arange(chunk.shape[1], device=chunk.device)
+        self.next_position = self.next_position + chunk.shape[1]
+        return self._run(chunk, positions)
 
 
 class _NaiveDecoder:
-    """Reference decoder: keeps the whole sequence and re-encodes it for every new token."""
+    """Reference decoder for one history: keeps the whole sequence and re-encodes it for every new token."""
 
-    def __init__(self, model: TDM, prefix: torch.Tensor, candidates: int, max_new: int, obs_dim: int, act_dim: int):
+    def __init__(
+        self, model: TDM, prefixes: list[torch.Tensor], candidates: int, max_new: int, obs_dim: int, act_dim: int
+    ):
         self.model, self.obs_dim, self.act_dim = model, obs_dim, act_dim
-        self.sequence = prefix.unsqueeze(0).expand(candidates, -1)
+        self.sequence = prefixes[0].to(model.device).unsqueeze(0).expand(candidates, -1)
 
     def feed(self, chunk: torch.Tensor) -> torch.Tensor:
         self.sequence = torch.cat([self.sequence, chunk], dim=1)

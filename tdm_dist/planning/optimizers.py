@@ -18,12 +18,12 @@ from tdm_dist.planning.noise import colored_noise
 
 Objective = Callable[[np.ndarray], np.ndarray]
 
-KINDS = ("shooting", "cem")
+KINDS = ("shooting", "cem", "proposal")
 
 
 @dataclass
 class PlannerConfig:
-    kind: str = "shooting"  # "shooting": random shooting (paper §4.1); "cem": iCEM (Pinneri et al. 2020)
+    kind: str = "shooting"  # "shooting" (paper §4.1), "cem" (iCEM, Pinneri et al. 2020), "proposal" (§5.1.1)
     samples: int = 128  # K: candidate action sequences scored per iteration
     horizon: int = 20  # N: environment steps each candidate looks ahead
     beta: float = 2.0  # exponent of the colored noise: 2 Brownian (paper default), 1 pink, 0 white
@@ -31,6 +31,7 @@ class PlannerConfig:
     iterations: int = 1  # CEM: sample-score-refit rounds per environment step (shooting uses 1)
     elites: int = 10  # CEM: best candidates that refit the sampling distribution and carry to the next round
     alpha: float = 0.1  # CEM: momentum, the weight of the old mean and std in each refit (0: none)
+    sigma: float = 0.3  # proposal: std of the colored noise added to the model's BC actions
     warm_start: bool = False  # start from the previous solution, shifted by the steps taken since (paper: off)
     replan_every: int = 1  # environment steps between optimizations; in between the plan runs open loop (paper: 1)
     seed: int | None = None  # seed of the planner's random generator (None: fresh entropy)
@@ -50,6 +51,8 @@ class PlannerConfig:
             raise ConfigError(f"planner beta must be >= 0, got {self.beta}")
         if not (np.isfinite(self.variance) and self.variance > 0):
             raise ConfigError(f"planner variance must be > 0, got {self.variance}")
+        if not (np.isfinite(self.sigma) and self.sigma >= 0):
+            raise ConfigError(f"planner sigma must be >= 0, got {self.sigma}")
         if not 0 <= self.alpha < 1:
             raise ConfigError(f"planner alpha must be in [0, 1), got {self.alpha}")
 
@@ -120,7 +123,28 @@ class CEM:
         return best.copy()
 
 
-OPTIMIZERS = {"shooting": RandomShooting, "cem": CEM}
+class Proposal:
+    """The proposal planner (paper §5.1.1): the model's BC policy gives mean actions along each imagined
+    trajectory, colored noise of std ``sigma`` makes K candidates of them; the best one wins.
+
+    The objective must offer ``propose(noise [K, N, m]) -> (values [K], actions [K, N, m])``
+    (``planning.models.ModelObjective`` does, for models with a policy).
+    """
+
+    def __init__(self, cfg: PlannerConfig, act_dim: int, rng: np.random.Generator):
+        self.cfg, self.act_dim, self.rng = cfg, act_dim, rng
+
+    def optimize(self, objective, initial: np.ndarray | None = None) -> np.ndarray:
+        c = self.cfg
+        if not hasattr(objective, "propose"):
+            raise ConfigError("the proposal planner needs an objective with a model that has a policy (the TDM)")
+        noise = colored_noise(c.beta, c.samples, c.horizon, self.act_dim, self.rng, variance=c.sigma**2)
+        values, actions = objective.propose(noise)
+        values = _score(lambda _: values, actions)
+        return np.asarray(actions[np.argmax(values)], dtype=np.float64)
+
+
+OPTIMIZERS = {"shooting": RandomShooting, "cem": CEM, "proposal": Proposal}
 
 
 class MPCPlanner:

@@ -39,14 +39,24 @@ class EnvWorker:
 
     def __init__(self, env_name: str, seed: int | None = None, action_repeat: int = 1):
         self.env = envs.make(env_name, seed=seed, action_repeat=action_repeat)
+        self.reset_done = False  # False in a fresh (or restarted) actor: no episode to continue
 
     def spec(self) -> dict:
         return self.env.spec.to_dict()
 
     def reset(self, seed: int | None = None) -> np.ndarray:
+        self.reset_done = True
         return self.env.reset(seed)
 
-    def step(self, action) -> tuple[np.ndarray, float, bool]:
+    def step(self, action, expect_step: int | None = None) -> tuple[np.ndarray, float, bool]:
+        """One environment step. ``expect_step``: the caller's count of steps taken since its reset; if this
+        actor restarted since (a fresh env, never reset, or at another step) it raises ``EnvStateLost`` instead
+        of stepping an env that is not the caller's."""
+        if expect_step is not None and (not self.reset_done or self.env.steps != expect_step):
+            from tdm_dist.runtime.agent import EnvStateLost
+
+            at = f"at step {self.env.steps}" if self.reset_done else "restarted and not reset"
+            raise EnvStateLost(f"{self.env.spec.name}: expected step {expect_step}, the env is {at}")
         return self.env.step(action)
 
     def get_state(self) -> np.ndarray:

@@ -37,8 +37,10 @@ def test_kv_cache_matches_naive_decoding(n, m, T, reward_fn):
     history = make_history(T, n, m)
     actions = torch.rand(6, 4, m) * 2 - 1
     kw = dict(reward_fn=reward_fn, greedy=True, return_logits=True)
-    obs_kv, rew_kv, logits_kv = model.imagine(history, actions, **kw)
-    obs_naive, rew_naive, logits_naive = model.imagine(history, actions, naive=True, **kw)
+    kv = model.imagine(history, actions, **kw)
+    naive = model.imagine(history, actions, naive=True, **kw)
+    obs_kv, rew_kv, logits_kv = kv.obs, kv.rewards, kv.logits
+    obs_naive, rew_naive, logits_naive = naive.obs, naive.rewards, naive.logits
     assert obs_kv.shape == (6, 4, n) and rew_kv.shape == (6, 4)
     assert logits_kv.shape == (6, 4, n + (reward_fn is None), model.cfg.vocab_size)
     torch.testing.assert_close(logits_kv, logits_naive, atol=1e-4, rtol=1e-4)
@@ -50,8 +52,8 @@ def test_candidates_are_independent():
     model = make_model()
     history = make_history(5, 4, 2)
     actions = torch.rand(5, 3, 2) * 2 - 1
-    together, _ = model.imagine(history, actions, greedy=True)
-    alone, _ = model.imagine(history, actions[2:3], greedy=True)
+    together = model.imagine(history, actions, greedy=True).obs
+    alone = model.imagine(history, actions[2:3], greedy=True).obs
     assert torch.equal(together[2:3], alone)
 
 
@@ -59,10 +61,56 @@ def test_sampling_is_reproducible_with_a_generator_and_varies_without():
     model = make_model()
     history = make_history(5, 4, 2)
     actions = torch.zeros(16, 3, 2)
-    a, _ = model.imagine(history, actions, generator=torch.Generator().manual_seed(1))
-    b, _ = model.imagine(history, actions, generator=torch.Generator().manual_seed(1))
+    a = model.imagine(history, actions, generator=torch.Generator().manual_seed(1)).obs
+    b = model.imagine(history, actions, generator=torch.Generator().manual_seed(1)).obs
     assert torch.equal(a, b)
     assert len(torch.unique(a[:, 0, 0])) > 1  # identical candidates still draw different futures
+
+
+@pytest.mark.parametrize("reward_fn", [None, toy_reward], ids=["predicted", "from_obs"])
+def test_requests_merged_into_one_batch_decode_like_each_alone(reward_fn):
+    """The ModelServer's merge: histories of different lengths, left-padded, give each request's own result."""
+    model = make_model()
+    histories = [make_history(T, 4, 2) for T in (1, 7, 3)]
+    actions = torch.rand(3, 5, 4, 2) * 2 - 1
+    fns = None if reward_fn is None else [reward_fn] * 3
+    merged = model.imagine_batch(histories, actions, reward_fns=fns, greedy=True, return_logits=True)
+    assert (
+        merged.obs.shape == (3, 5, 4, 4) and merged.rewards.shape == (3, 5, 4) and merged.actions.shape == (3, 5, 4, 2)
+    )
+    for b, history in enumerate(histories):
+        alone = model.imagine(history, actions[b], reward_fn=reward_fn, greedy=True, return_logits=True)
+        torch.testing.assert_close(merged.logits[b], alone.logits, atol=1e-4, rtol=1e-4)
+        assert torch.equal(merged.obs[b], alone.obs) and torch.equal(merged.rewards[b], alone.rewards)
+
+
+def test_histories_of_different_layouts_are_not_merged():
+    with pytest.raises(ConfigError, match="share one layout"):
+        make_model().imagine_batch([make_history(3, 4, 2), make_history(3, 5, 2)], torch.zeros(2, 1, 1, 2))
+
+
+def test_proposal_actions_are_the_bc_mean_plus_noise():
+    """With noise in place of actions, each action is the policy's mean at the imagined state plus the noise."""
+    model = make_model()
+    history = make_history(4, 3, 2)
+    noise = torch.zeros(2, 3, 2)
+    noise[1] = 0.3
+    out = model.imagine(history, None, noise=noise, greedy=True, return_logits=True)
+    assert out.actions.shape == (2, 3, 2) and out.actions.abs().max() <= 1
+    mean = model._mean_action(out.logits[0, 0, 0][None])  # logits of the first action entry
+    torch.testing.assert_close(out.actions[0, 0, 0], mean[0])
+    torch.testing.assert_close(out.actions[1, 0, 0], (mean[0] + 0.3).clamp(-1, 1))
+    # Teacher-forcing the proposal's own actions reproduces its imagined observations.
+    again = model.imagine(history, out.actions, greedy=True)
+    assert torch.equal(again.obs, out.obs)
+
+
+def test_batched_bc_actions_match_one_by_one():
+    model = make_model()
+    histories = [make_history(T, 4, 3) for T in (2, 6)]
+    together = model.act_batch(histories)
+    for b, h in enumerate(histories):
+        torch.testing.assert_close(together[b], model.act(h))
 
 
 def test_history_longer_than_the_window_is_truncated_to_whole_timesteps():
@@ -71,11 +119,11 @@ def test_history_longer_than_the_window_is_truncated_to_whole_timesteps():
     model = make_model(context=64)
     long_history = make_history(40, n, m)  # 40 steps * 8 tokens >> 64
     actions = torch.rand(3, N, m) * 2 - 1
-    got, _ = model.imagine(long_history, actions, greedy=True)
+    got = model.imagine(long_history, actions, greedy=True).obs
     budget = 64 - N * layout.tokens_per_step
     keep = 1 + (budget - (n + 1)) // layout.tokens_per_step  # the steps that fit
     short = History(long_history.observations[-keep:], long_history.rewards[-keep:], long_history.actions[-keep + 1 :])
-    expected, _ = model.imagine(short, actions, greedy=True)
+    expected = model.imagine(short, actions, greedy=True).obs
     assert torch.equal(got, expected)
     assert len(short.tokens(10_000)) + N * layout.tokens_per_step <= 64
 
@@ -88,7 +136,7 @@ def test_horizon_that_cannot_fit_the_window_is_an_error():
 
 def test_bad_action_shapes_are_errors():
     model = make_model()
-    with pytest.raises(ConfigError, match=r"actions must be \[K, N >= 1, 2\]"):
+    with pytest.raises(ConfigError, match=r"actions must be \[1, K >= 1, N >= 1, 2\]"):
         model.imagine(make_history(3, 4, 2), torch.zeros(2, 5, 3))
     with pytest.raises(ConfigError, match="max_step_tokens"):
         model.imagine(make_history(2, 300, 2), torch.zeros(1, 1, 2))
@@ -164,8 +212,8 @@ def test_preset_sizes():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_imagination_runs_where_the_model_is():
     model = make_model().cuda()
-    obs, rew = model.imagine(make_history(5, 4, 2), torch.zeros(3, 2, 2), reward_fn=toy_reward)
-    assert obs.device.type == "cuda" and rew.device.type == "cuda"
-    cpu_obs, _ = make_model().imagine(make_history(5, 4, 2), torch.zeros(3, 2, 2), greedy=True)
-    gpu_obs, _ = model.imagine(make_history(5, 4, 2), torch.zeros(3, 2, 2), greedy=True)
+    out = model.imagine(make_history(5, 4, 2), torch.zeros(3, 2, 2), reward_fn=toy_reward)
+    assert out.obs.device.type == "cuda" and out.rewards.device.type == "cuda"
+    cpu_obs = make_model().imagine(make_history(5, 4, 2), torch.zeros(3, 2, 2), greedy=True).obs
+    gpu_obs = model.imagine(make_history(5, 4, 2), torch.zeros(3, 2, 2), greedy=True).obs
     assert torch.allclose(cpu_obs, gpu_obs.cpu(), atol=0.05)

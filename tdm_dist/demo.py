@@ -1,0 +1,137 @@
+"""``tdm demo``: the main job, end to end on a local Ray instance in about 15 minutes on 2 CPU cores.
+
+1. collect a small ground-truth-MPC expert dataset on cartpole-swingup (EnvWorker actors, Parquet);
+2. train a tiny TDM on it (Ray Data + Ray Train);
+3. evaluate MPC with the TDM (through a ModelServer), with the ground-truth simulator and with random actions,
+   all at the same planner settings (MPCAgent actors);
+4. print the comparison, save a bar chart and the results as JSON.
+
+Every stage resumes: a re-run with the same ``--out`` reuses the dataset and the trained model. The last line
+is machine-readable: ``demo tdm=<mean return> ground_truth=<mean return> random=<mean return> wall_s=<seconds>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tdm_dist.planning.optimizers import PlannerConfig
+
+ENV = "cartpole-swingup"
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"  # dataset, run, plot and results go here
+    data_episodes: int = 16  # expert episodes to train on
+    action_noise: float = 0.5  # std of the noise on the expert's actions: the model must see what actions do
+    train_steps: int = 1500  # optimizer steps of the tiny TDM
+    context: int = 128  # the TDM's context in tokens (16 timesteps of cartpole)
+    samples: int = 32  # K, the same for every model
+    horizon: int = 10  # N, the same for every model
+    greedy: bool = True  # the TDM decodes its most likely tokens: with this little data, sampling noise swamps the
+    # differences between candidates (measured: rank correlation with the true returns ~0.1 sampled, ~0.6 greedy)
+    episodes: int = 4  # evaluation episodes per model
+    steps: int = 1000  # environment steps per evaluation episode
+    seed: int = 0
+
+
+def run_demo(cfg: DemoConfig, address: str | None = None) -> dict:
+    from tdm_dist.learner.checkpoint import resolve_checkpoint
+    from tdm_dist.learner.train import TrainConfig, train
+    from tdm_dist.runtime.cluster import init_ray
+    from tdm_dist.runtime.collect import CollectConfig, collect
+    from tdm_dist.runtime.env_worker import ExpertConfig
+    from tdm_dist.runtime.evaluate import EvalConfig, evaluate
+
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    data, run = out / "data", out / "run"
+    init_ray(address, min_cpus=cfg.episodes + 1)
+
+    print(f"[1/3] expert data: {cfg.data_episodes} ground-truth MPC episodes of {ENV} -> {data}")
+    collect(
+        CollectConfig(
+            env=ENV,
+            episodes=cfg.data_episodes,
+            out=str(data),
+            expert=ExpertConfig(kind="gt-mpc", action_noise=cfg.action_noise),
+            seed=cfg.seed,
+        ),
+        address,
+    )
+
+    try:
+        checkpoint = resolve_checkpoint(run / "model.pt")
+        print(f"[2/3] tiny TDM: reusing {checkpoint}")
+    except Exception:
+        print(f"[2/3] tiny TDM: training {cfg.train_steps} steps on {data} -> {run}")
+        trained = train(
+            TrainConfig(data=str(data), out=str(run), context=cfg.context, steps=cfg.train_steps, seed=cfg.seed),
+            address,
+        )
+        checkpoint = trained["checkpoint"]
+        print(f"      val nll {trained['val/nll']:.3f} (unigram baseline {trained['val/unigram_nll']:.3f})")
+
+    planner = PlannerConfig(samples=cfg.samples, horizon=cfg.horizon)
+    print(f"[3/3] evaluating MPC (random shooting K={cfg.samples}, N={cfg.horizon}) over {cfg.episodes} episodes")
+    base = EvalConfig(
+        env=ENV, planner=planner, episodes=cfg.episodes, agents=cfg.episodes, steps=cfg.steps, seed=cfg.seed
+    )
+    results = {
+        "tdm": evaluate(base.replace(checkpoint=str(checkpoint), greedy=cfg.greedy), address),
+        "ground_truth": evaluate(base.replace(model="ground-truth"), address),
+        "random": evaluate(base.replace(model="random"), address),
+    }
+    wall = time.perf_counter() - start
+    summary = {
+        "env": ENV,
+        "settings": dataclasses.asdict(cfg),
+        "checkpoint": str(checkpoint),
+        "results": results,
+        "wall_s": wall,
+    }
+    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    plot_comparison(results, out / "demo.png", f"{ENV}: MPC with K={cfg.samples}, N={cfg.horizon}")
+    return summary
+
+
+def plot_comparison(results: dict[str, dict], path: Path, title: str) -> None:
+    """Bar chart of mean return ± 68% CI per model, with each episode's return as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    means = [results[n]["mean_return"] for n in names]
+    errors = [results[n]["ci68"] for n in names]
+    ax.bar(names, means, yerr=errors, capsize=6, color=["tab:blue", "tab:green", "tab:gray"][: len(names)])
+    for i, name in enumerate(names):
+        returns = results[name]["returns"]
+        ax.scatter([i] * len(returns), returns, color="black", s=12, zorder=3)
+    ax.set_ylabel("episode return")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_summary(summary: dict) -> None:
+    results = summary["results"]
+    print(f"\n{'model':<14} {'mean return':>12} {'68% CI':>8}  per episode")
+    for name, r in results.items():
+        print(f"{name:<14} {r['mean_return']:>12.1f} {r['ci68']:>8.1f}  {', '.join(f'{x:.0f}' for x in r['returns'])}")
+    gt, rnd = results["ground_truth"]["mean_return"], results["random"]["mean_return"]
+    tdm = results["tdm"]["mean_return"]
+    if gt > 0:
+        print(
+            f"TDM-MPC reaches {tdm / gt:.0%} of ground-truth MPC" + (f" and {tdm / rnd:.1f}x random" if rnd > 0 else "")
+        )
+    out = Path(summary["settings"]["out"])
+    print(f"plot: {out / 'demo.png'}; results: {out / 'demo.json'}")
+    print(f"demo tdm={tdm:.1f} ground_truth={gt:.1f} random={rnd:.1f} wall_s={summary['wall_s']:.0f}")
