@@ -1,4 +1,5 @@
-"""Environment registry: dm_control suite tasks, each with its ``EnvSpec`` and ``reward_from_obs``."""
+"""Environment registry: dm_control suite tasks, their randomized variants and the procedural walkers, each with its
+``EnvSpec`` (and ``reward_from_obs`` where the reward is a function of the observation)."""
 
 import warnings
 

@@ -1,13 +1,17 @@
 """Every environment by name: ``make(name)``, ``spec(name)``, ``reward_fn(name)``.
 
-Names are ``domain-task`` for the dm_control suite (``cartpole-swingup``, ``walker-stand``, ...).
+Names are ``domain-task`` for the dm_control suite (``cartpole-swingup``, ``walker-stand``, ...),
+``domain-task@rand<seed>[:<spread>]`` for its randomized variants (``walker-stand@rand3``, see
+``randomized.py``) and ``procwalker-<family>-<seed>`` for the procedural walker universe
+(``procwalker-chain-0042``, see ``procedural.py``). ``names()`` lists the suite tasks only: the other two
+are unbounded families.
 """
 
 from __future__ import annotations
 
 import difflib
 
-from tdm_dist.envs import suite
+from tdm_dist.envs import procedural, randomized, suite
 from tdm_dist.envs.env import Env
 from tdm_dist.envs.rewards import REWARDS, RewardFn
 from tdm_dist.envs.spec import EnvSpec
@@ -15,15 +19,20 @@ from tdm_dist.errors import ConfigError
 
 
 def names() -> list[str]:
-    """All registered environment names."""
+    """The suite task names (each also has randomized variants ``name@rand<seed>``)."""
     return suite.task_names()
 
 
 def _check(name: str) -> str:
-    known = names()
-    if name in known:
+    """Raise ``ConfigError`` for a name that denotes no environment, listing close matches."""
+    if procedural.is_procedural(name):
+        procedural.parse(name)  # raises for an unknown family or a bad seed
         return name
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    base = randomized.base_name(name)  # raises for a malformed @rand suffix
+    known = names()
+    if base in known:
+        return name
+    close = difflib.get_close_matches(base, known, n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `tdm envs` lists them all"
     raise ConfigError(f"unknown environment {name!r}{hint}")
 
@@ -32,12 +41,16 @@ def spec(name: str, action_repeat: int = 1) -> EnvSpec:
     """The ``EnvSpec`` of a registered environment."""
     if action_repeat < 1:
         raise ConfigError(f"action_repeat must be >= 1, got {action_repeat}")
-    return suite.spec(_check(name), action_repeat)
+    if procedural.is_procedural(_check(name)):
+        return procedural.spec(name, action_repeat)
+    return suite.spec(name, action_repeat)
 
 
 def make(name: str, seed: int | None = None, action_repeat: int = 1) -> Env:
     """A fresh environment instance; ``seed`` fixes the task's randomness (initial states, targets)."""
     spec(name, action_repeat)  # validates the name and the repeat
+    if procedural.is_procedural(name):
+        return procedural.make(name, seed, action_repeat)
     return suite.make(name, seed, action_repeat)
 
 
@@ -50,7 +63,7 @@ def reward_fn(name_or_spec: str | EnvSpec) -> RewardFn:
     s = name_or_spec if isinstance(name_or_spec, EnvSpec) else spec(name_or_spec)
     if not s.has_reward_from_obs:
         raise ConfigError(f"{s.name} has no reward_from_obs: {s.reward_note}; plan with predicted rewards instead")
-    return REWARDS[s.name](s)
+    return REWARDS[randomized.base_name(s.name)](s)
 
 
 def reward_from_obs(name: str, next_obs, action):

@@ -20,7 +20,8 @@ from dm_control.suite import cartpole, cheetah, hopper, humanoid, humanoid_CMU, 
 from dm_control.utils import rewards as dm_rewards
 
 from tdm_dist.arrays import array_module
-from tdm_dist.envs.planar import suite_kinematics
+from tdm_dist.envs import randomized
+from tdm_dist.envs.planar import PlanarKinematics
 from tdm_dist.envs.spec import EnvSpec
 
 RewardFn = Callable[[object, object], object]
@@ -112,26 +113,31 @@ def _pendulum(spec: EnvSpec) -> RewardFn:
     return reward
 
 
-@functools.lru_cache
-def _geom_size(domain: str, task: str, *geoms: str) -> float:
-    """Sum of the first size of named geoms, read from the task's model after a reset."""
-    from dm_control import suite
+# Rewards that read the model (sizes, masses, kinematics) read it from the env's own model, so that a
+# randomized variant (``walker-walk@rand2``) is scored with its own scaled parameters.
 
-    env = suite.load(domain, task, task_kwargs={"random": 0})
+
+@functools.lru_cache
+def _geom_size(name: str, *geoms: str) -> float:
+    """Sum of the first size of named geoms, read from the env's model after a reset."""
+    env = randomized.load(name, seed=0)
     env.reset()
     return float(sum(env.physics.named.model.geom_size[g, 0] for g in geoms))
 
 
-def _reacher(task: str):
-    def build(spec: EnvSpec) -> RewardFn:
-        radii = _geom_size("reacher", task, "target", "finger")
+@functools.lru_cache
+def _kinematics(name: str) -> PlanarKinematics:
+    """The planar kinematics of the env's model (for a suite task, ``planar.suite_kinematics`` of its domain)."""
+    return PlanarKinematics(randomized.load(name, seed=0).physics.model)
 
-        def reward(next_obs, action):
-            return tolerance(_norm(_Obs(next_obs, spec)["to_target"]), (0, radii))
 
-        return reward
+def _reacher(spec: EnvSpec) -> RewardFn:
+    radii = _geom_size(spec.name, "target", "finger")
 
-    return build
+    def reward(next_obs, action):
+        return tolerance(_norm(_Obs(next_obs, spec)["to_target"]), (0, radii))
+
+    return reward
 
 
 def _walker_stand(spec: EnvSpec) -> RewardFn:
@@ -157,7 +163,7 @@ def _with_rootx(position):
 
 def _hopper(hopping: bool):
     def build(spec: EnvSpec) -> RewardFn:
-        kin = suite_kinematics("hopper")
+        kin = _kinematics(spec.name)
         torso, foot = kin.body_names.index("torso"), kin.body_names.index("foot")
 
         def reward(next_obs, action):
@@ -180,7 +186,7 @@ def _hopper(hopping: bool):
 
 
 def _cheetah(spec: EnvSpec) -> RewardFn:
-    kin = suite_kinematics("cheetah")
+    kin = _kinematics(spec.name)
     torso = kin.body_names.index("torso")
 
     def reward(next_obs, action):
@@ -194,7 +200,7 @@ def _cheetah(spec: EnvSpec) -> RewardFn:
 
 def _walker(move_speed: float):
     def build(spec: EnvSpec) -> RewardFn:
-        kin = suite_kinematics("walker")
+        kin = _kinematics(spec.name)
         torso = kin.body_names.index("torso")
         stand = _walker_stand(spec)
 
@@ -259,8 +265,8 @@ REWARDS: dict[str, Callable[[EnvSpec], RewardFn]] = {
     "cartpole-balance_sparse": _cartpole(sparse=True),
     "cartpole-swingup_sparse": _cartpole(sparse=True),
     "pendulum-swingup": _pendulum,
-    "reacher-easy": _reacher("easy"),
-    "reacher-hard": _reacher("hard"),
+    "reacher-easy": _reacher,
+    "reacher-hard": _reacher,
     "walker-stand": _walker_stand,
     "walker-walk": _walker(walker._WALK_SPEED),
     "walker-run": _walker(walker._RUN_SPEED),
