@@ -11,6 +11,11 @@ from tdm_dist.errors import ConfigError, DataError, TdmError
 
 
 def _cmd_envs(args: argparse.Namespace) -> None:
+    if args.family is not None:
+        _cmd_envs_family(args)
+        return
+    if args.render or args.stats:
+        raise ConfigError("--render and --stats describe a procedural walker family: add --family line|chain|bush|tree")
     from tqdm import tqdm
 
     from tdm_dist import envs
@@ -28,7 +33,92 @@ def _cmd_envs(args: argparse.Namespace) -> None:
     print(f"{'name':<{width}}  {'obs':>4}  {'act':>4}  reward from obs")
     for r in rows:
         print(f"{r['name']:<{width}}  {r['obs_dim']:>4}  {r['act_dim']:>4}  {'yes' if r['reward_from_obs'] else 'no'}")
-    print(f"{len(rows)} environments")
+    print(f"{len(rows)} environments (and randomized variants of each: NAME@rand<seed>[:<spread>])")
+
+
+def _cmd_envs_family(args: argparse.Namespace) -> None:
+    """``tdm envs --family F``: list, --stats or --render the bodies procwalker-F-<first>..<first+count-1>."""
+    import os
+
+    if args.render:
+        os.environ.setdefault("MUJOCO_GL", "osmesa")  # read when mujoco is first imported, just below
+    from tdm_dist.envs import procedural
+
+    if args.count < 1 or args.first < 0:
+        raise ConfigError(f"--count must be >= 1 and --first >= 0, got --count {args.count} --first {args.first}")
+    seeds = range(args.first, args.first + args.count)
+    stats = procedural.family_stats(args.family, seeds)  # ConfigError for an unknown family
+    names = [procedural.env_name(args.family, seed) for seed in seeds]
+    if args.stats:
+        _print_family_stats(args.family, seeds, stats, args.json)
+    if args.render:
+        _render_family(args.family, names, args.render)
+    if args.stats or args.render:
+        return
+    rows = [{"name": n, **{k: v[i] for k, v in stats.items() if k != "turns"}} for i, n in enumerate(names)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'name':<{len(names[-1])}}  {'dof':>3}  {'limbs':>5}  {'depth':>5}  branch points")
+    for r in rows:
+        print(f"{r['name']}  {r['dof']:>3}  {r['limbs']:>5}  {r['depth']:>5}  {r['branch_points']:>5}")
+
+
+def _print_family_stats(family: str, seeds: range, stats: dict, as_json: bool) -> None:
+    import numpy as np
+
+    summary = {
+        k: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))} for k, v in stats.items()
+    }
+    dof = np.array(stats["dof"])
+    histogram = {
+        f"{lo}-{lo + 1}" if lo < 20 else "20": int(np.sum((dof >= lo) & (dof <= lo + 1))) for lo in range(4, 21, 2)
+    }
+    if as_json:
+        print(json.dumps({"family": family, "bodies": len(seeds), "summary": summary, "dof_histogram": histogram}))
+        return
+    print(f"procwalker-{family}: {len(seeds)} bodies, seeds {seeds.start}..{seeds.stop - 1}")
+    print("degrees of freedom (actuated hinges):")
+    for label, count in histogram.items():
+        print(f"  {label:>5}  {'#' * round(40 * count / len(seeds)):<40}  {count}")
+    labels = {
+        "dof": "degrees of freedom",
+        "limbs": "limbs",
+        "depth": "depth (links, torso to furthest tip)",
+        "branch_points": "branch points (>= 2 child links)",
+        "turns": "turned limbs (fraction)",
+    }
+    print(f"  {'':<38}  {'mean':>6}  {'min':>5}  {'max':>5}")
+    for key, label in labels.items():
+        s = summary[key]
+        print(f"  {label:<38}  {s['mean']:>6.2f}  {s['min']:>5.2f}  {s['max']:>5.2f}")
+
+
+def _render_family(family: str, names: list[str], out: str) -> None:
+    from pathlib import Path
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from tdm_dist import envs
+    from tdm_dist.envs import procedural, render
+
+    def settled_picture(name: str) -> np.ndarray:
+        env = envs.make(name, seed=0)
+        env.reset(seed=0)
+        for _ in range(40):  # one second without torque: the body comes to rest on the floor
+            env.step(np.zeros(env.spec.act_dim))
+        return render.picture(env)
+
+    out_dir = Path(out)
+    for name in tqdm(names, desc=f"rendering {family}", unit="body"):
+        render.save_png(settled_picture(name), out_dir / f"{name}.png")
+    sheet = {
+        f: [(procedural.env_name(f, s), settled_picture(procedural.env_name(f, s))) for s in range(3)]
+        for f in procedural.FAMILIES
+    }
+    render.overview_sheet(sheet, out_dir / "overview.png")
+    print(f"wrote {len(names)} pictures and overview.png (the four families, seeds 0-2) to {out_dir}")
 
 
 def _cmd_model_info(args: argparse.Namespace) -> None:
@@ -264,8 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("envs", help="list every environment with its dimensions")
+    p = sub.add_parser("envs", help="list every environment with its dimensions, or a procedural walker family")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--family", default=None, help="a procedural walker family: line, chain, bush or tree")
+    p.add_argument("--count", type=int, default=5, help="bodies of the family (seeds --first, --first + 1, ...)")
+    p.add_argument("--first", type=int, default=0, help="first seed of the family")
+    p.add_argument("--stats", action="store_true", help="structure statistics of the family's bodies")
+    p.add_argument("--render", metavar="DIR", default=None, help="write a PNG per body and overview.png to DIR")
     p.set_defaults(func=_cmd_envs)
 
     p = sub.add_parser("model-info", help="parameter count and shape of a model preset")
@@ -289,9 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="output folder (default runs/demo); a re-run reuses data and model")
     p.add_argument("--data-episodes", type=int, default=None, help="expert episodes to train on (default 16)")
-    p.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default 1500)")
+    p.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default 1200)")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per model (default 4)")
-    p.add_argument("--steps", type=int, default=None, help="env steps per evaluation episode (default 1000)")
+    p.add_argument("--steps", type=int, default=None, help="env steps per evaluation episode (default 400)")
     p.add_argument("--seed", type=int, default=None)
     _add_address(p)
     p.set_defaults(func=_cmd_demo)

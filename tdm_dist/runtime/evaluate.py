@@ -139,9 +139,13 @@ def evaluate(cfg: EvalConfig, address: str | None = None, progress: bool = True,
         pool = ModelServerPool.start(cfg.checkpoint, cfg.servers, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms)
     context = payload["model_config"]["context"] if payload else 1023
     agent_cfg = cfg.agent_config(context, prompt)
-    Agent = remote_mpc_agent(max_restarts=-1)
+    Agent = remote_mpc_agent()
     count = min(cfg.agents, cfg.episodes)
-    agents = [Agent.remote(agent_cfg, pool.servers[i % len(pool.servers)] if pool else None) for i in range(count)]
+
+    def new_agent(i: int):
+        return Agent.remote(agent_cfg, pool.servers[i % len(pool.servers)] if pool else None)
+
+    agents = [new_agent(i) for i in range(count)]
     steps = cfg.steps or envs.spec(cfg.env).episode_length
     bar = tqdm(total=cfg.episodes * steps, desc=f"eval {cfg.model} {cfg.env}", unit="step", disable=not progress)
     results: dict[int, dict] = {}
@@ -168,6 +172,8 @@ def evaluate(cfg: EvalConfig, address: str | None = None, progress: bool = True,
                         raise RuntimeError(f"episode {episode} failed {MAX_ATTEMPTS} times; last error: {e}") from e
                     queue.appendleft(episode)  # rerun it from its seed
                     reruns += 1
+                    if not _alive(agents[a]):  # the agent itself crashed: a new one takes its place
+                        agents[a] = new_agent(a)
             _update_bar(bar, results, running, agents, steps)
     finally:
         bar.close()
@@ -193,6 +199,16 @@ def evaluate(cfg: EvalConfig, address: str | None = None, progress: bool = True,
         "wall_s": wall,
         "settings": {**dataclasses.asdict(cfg), "planner": dataclasses.asdict(cfg.planner)},
     }
+
+
+def _alive(agent) -> bool:
+    import ray
+
+    try:
+        ray.get(agent.progress.remote(), timeout=60)
+        return True
+    except (ray.exceptions.RayError, TimeoutError):
+        return False
 
 
 def _update_bar(bar, results, running, agents, steps) -> None:

@@ -213,3 +213,21 @@ def test_a_restarted_worker_refuses_the_first_step(ray_session, restartable_work
 
     with pytest.raises(EnvStateLost):
         kill_and_step(ray_session, restartable_worker, episode_seed(0, 0), done_steps=0)
+
+
+def test_killing_an_agent_mid_eval_replaces_it_and_reruns_its_episode(ray_session, checkpoint):
+    old = set(actors("MPCAgent"))
+    run = Background(EvalConfig(checkpoint=checkpoint, **FAULT_CFG))
+
+    def alive_agents():
+        alive = [i for aid, i in actors("MPCAgent").items() if aid not in old and i["State"] == "ALIVE"]
+        return alive if len(alive) == 2 else None
+
+    victim = wait_for(alive_agents, what="the evaluation's agents")[0]
+    time.sleep(2.0)  # both are playing an episode by now
+    assert run.thread.is_alive(), "the evaluation ended before the kill"
+    os.kill(victim["Pid"], signal.SIGKILL)
+    result = run.join()
+    check_exact(result, 4)
+    assert result["reruns"] >= 1
+    assert len(set(actors("MPCAgent")) - old) == 3  # two agents, and the one that replaced the killed one
