@@ -1,7 +1,7 @@
 """The model interface the planners plan with, and the objectives built on it (paper §4.1, eqs. 5 and 6).
 
 A model answers one question: from what the agent knows now (a :class:`PlanState`), what do K action
-sequences lead to? ``imagine(state, actions [K, N, m]) -> Imagined`` with the rewards the objective sums,
+sequences lead to? ``imagine(state, actions [K, N, m]) -> Prediction`` with the rewards the objective sums,
 [K, N]. Models with a policy also ``propose(state, noise [K, N, m])``: the proposal planner's candidates,
 the policy's actions along the imagined trajectory plus the noise (§5.1.1). The TDM (in process here, or
 through a ModelServer, ``runtime.model_server``), the ground-truth simulator and the baselines implement it,
@@ -32,9 +32,10 @@ class PlanState:
 
 
 @dataclass
-class Imagined:
-    """A model's answer for K candidates: rewards [K, N] (what the objective sums), the actions [K, N, m]
-    they came from, and the predicted observations [K, N, n] where the model has them."""
+class Prediction:
+    """A model's answer for K candidates, as numpy arrays for the planners: rewards [K, N] (what the objective
+    sums), the actions [K, N, m] they came from, and the predicted observations [K, N, n] where the model has
+    them. (``model.transformer.Imagined`` is the TDM's own torch-side result.)"""
 
     rewards: np.ndarray
     actions: np.ndarray
@@ -42,9 +43,9 @@ class Imagined:
 
 
 class DynamicsModel(Protocol):
-    def imagine(self, state: PlanState, actions: np.ndarray) -> Imagined: ...
+    def imagine(self, state: PlanState, actions: np.ndarray) -> Prediction: ...
 
-    def propose(self, state: PlanState, noise: np.ndarray) -> Imagined: ...
+    def propose(self, state: PlanState, noise: np.ndarray) -> Prediction: ...
 
 
 def reward_function(env: str, objective: str = "auto"):
@@ -68,13 +69,13 @@ class TDMModel:
         else:
             self.generator.seed()
 
-    def imagine(self, state: PlanState, actions: np.ndarray) -> Imagined:
+    def imagine(self, state: PlanState, actions: np.ndarray) -> Prediction:
         return self._run(state, actions=actions)
 
-    def propose(self, state: PlanState, noise: np.ndarray) -> Imagined:
+    def propose(self, state: PlanState, noise: np.ndarray) -> Prediction:
         return self._run(state, noise=noise)
 
-    def _run(self, state: PlanState, actions=None, noise=None) -> Imagined:
+    def _run(self, state: PlanState, actions=None, noise=None) -> Prediction:
         out = self.model.imagine(
             state.history,
             actions,
@@ -83,7 +84,7 @@ class TDMModel:
             greedy=self.greedy,
             generator=self.generator,
         )
-        return Imagined(rewards=_numpy(out.rewards), actions=_numpy(out.actions), obs=_numpy(out.obs))
+        return Prediction(rewards=_numpy(out.rewards), actions=_numpy(out.actions), obs=_numpy(out.obs))
 
 
 class GroundTruthModel:
@@ -96,16 +97,16 @@ class GroundTruthModel:
     def __init__(self, worker):
         self.worker = worker
 
-    def imagine(self, state: PlanState, actions: np.ndarray) -> Imagined:
+    def imagine(self, state: PlanState, actions: np.ndarray) -> Prediction:
         if hasattr(self.worker.rollout, "remote"):
             import ray
 
             rewards, obs = ray.get(self.worker.rollout.remote(None, actions, observations=True))
         else:
             rewards, obs = self.worker.rollout(None, actions, observations=True)
-        return Imagined(rewards=np.asarray(rewards), actions=np.asarray(actions), obs=np.asarray(obs))
+        return Prediction(rewards=np.asarray(rewards), actions=np.asarray(actions), obs=np.asarray(obs))
 
-    def propose(self, state: PlanState, noise: np.ndarray) -> Imagined:
+    def propose(self, state: PlanState, noise: np.ndarray) -> Prediction:
         raise ConfigError("the proposal planner needs a model with a policy (the TDM); the ground truth has none")
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from tdm_dist.errors import ConfigError
-from tdm_dist.planning.models import Imagined, PlanState, reward_function
+from tdm_dist.planning.models import PlanState, Prediction, reward_function
 from tdm_dist.tokenizer import History
 
 
@@ -95,7 +95,7 @@ class ModelServer:
 
     # ------------------------------------------------------------------ requests
 
-    async def imagine(self, request: Request) -> Imagined:
+    async def imagine(self, request: Request) -> Prediction:
         self._check(request)
         return await self._submit(request)
 
@@ -200,7 +200,7 @@ class ModelServer:
             )
             obs, rewards, actions = (t.cpu().double().numpy() for t in (out.obs, out.rewards, out.actions))
             for j, i in enumerate(members):
-                results[i] = Imagined(rewards=rewards[j], actions=actions[j], obs=obs[j])
+                results[i] = Prediction(rewards=rewards[j], actions=actions[j], obs=obs[j])
             self.stats["decodes"] += 1
         self.stats["requests"] += len(requests)
         self.stats["batches"] += 1
@@ -248,13 +248,13 @@ class ServedModel:
     def __init__(self, server, objective: str = "auto", greedy: bool = False):
         self.server, self.objective, self.greedy = server, objective, greedy
 
-    def imagine(self, state: PlanState, actions: np.ndarray) -> Imagined:
+    def imagine(self, state: PlanState, actions: np.ndarray) -> Prediction:
         return self._call(
             "imagine",
             Request("imagine", state.env, state.history, actions=actions, objective=self.objective, greedy=self.greedy),
         )
 
-    def propose(self, state: PlanState, noise: np.ndarray) -> Imagined:
+    def propose(self, state: PlanState, noise: np.ndarray) -> Prediction:
         return self._call(
             "imagine",
             Request("imagine", state.env, state.history, noise=noise, objective=self.objective, greedy=self.greedy),
