@@ -118,6 +118,10 @@ class StepLayout:
     def tokens_per_step(self) -> int:
         return self.obs_dim + self.act_dim + 2
 
+    def longest_horizon(self, context: int) -> int:
+        """The most imagined timesteps that fit in ``context`` tokens after the current ``o_t, r_t``."""
+        return (context - self.obs_dim - 1) // self.tokens_per_step
+
     @property
     def reward_index(self) -> int:
         return self.obs_dim

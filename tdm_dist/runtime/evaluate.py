@@ -88,7 +88,7 @@ class EvalConfig:
         if self.policy == "mpc":
             layout = StepLayout(spec.obs_dim, spec.act_dim)
             context = payload["model_config"]["context"]
-            longest = (context - spec.obs_dim - 1) // layout.tokens_per_step
+            longest = layout.longest_horizon(context)
             if self.planner.horizon > longest:
                 raise ConfigError(
                     f"horizon {self.planner.horizon} does not fit the model's context of {context} tokens with "
@@ -98,20 +98,17 @@ class EvalConfig:
 
 
 def check_env_matches(trained: dict[str, dict], spec) -> None:
-    """A specialist (trained on one layout) only takes environments of that layout; a generalist any."""
-    layouts = {(s["obs_dim"] if "obs_dim" in s else _obs_dim(s), s["act_dim"]) for s in trained.values()}
-    if len(trained) > 1 or not layouts:
+    """A specialist (trained on one environment) only takes environments of its layout; a generalist any."""
+    if len(trained) != 1:  # a generalist, or a checkpoint that does not say: nothing to check against
         return
-    (n, m), name = layouts.pop(), next(iter(trained))
+    ((name, stored),) = trained.items()
+    seen = envs.EnvSpec.from_dict(stored)
+    n, m = seen.obs_dim, seen.act_dim
     if (spec.obs_dim, spec.act_dim) != (n, m):
         raise ConfigError(
             f"{spec.name} has {spec.obs_dim} observation and {spec.act_dim} action entries, but the checkpoint was "
             f"trained on {name} ({n} and {m}); only a generalist (trained on several environments) takes another"
         )
-
-
-def _obs_dim(spec_dict: dict) -> int:
-    return envs.EnvSpec.from_dict(spec_dict).obs_dim
 
 
 def summarize(returns: list[float]) -> tuple[float, float]:
@@ -143,7 +140,7 @@ def evaluate(cfg: EvalConfig, address: str | None = None, progress: bool = True,
     count = min(cfg.agents, cfg.episodes)
 
     def new_agent(i: int):
-        return Agent.remote(agent_cfg, pool.servers[i % len(pool.servers)] if pool else None)
+        return Agent.remote(agent_cfg, pool.server_for(i) if pool else None)
 
     agents = [new_agent(i) for i in range(count)]
     steps = cfg.steps or envs.spec(cfg.env).episode_length

@@ -128,9 +128,8 @@ class ModelServer:
         if given is None or np.ndim(given) != 3 or given.shape[2] != layout.act_dim or min(given.shape[:2]) < 1:
             shape = None if given is None else np.shape(given)
             raise ConfigError(f"actions (or noise) must be [K >= 1, N >= 1, {layout.act_dim}], got {shape}")
-        N = given.shape[1]
-        if N * layout.tokens_per_step + layout.obs_dim + 1 > self.model.cfg.context:
-            longest = (self.model.cfg.context - layout.obs_dim - 1) // layout.tokens_per_step
+        N, longest = given.shape[1], layout.longest_horizon(self.model.cfg.context)
+        if longest < N:
             raise ConfigError(f"horizon {N} does not fit the model's context; the longest horizon is {longest}")
 
     async def _submit(self, request: Request):
@@ -233,8 +232,12 @@ class ModelServerPool:
         Server = remote_model_server(**actor_options)
         return cls([Server.remote(checkpoint, **server_options) for _ in range(count)])
 
+    def server_for(self, index: int):
+        """The server that agent ``index`` uses: agents are spread round-robin."""
+        return self.servers[index % len(self.servers)]
+
     def client(self, index: int, objective: str = "auto", greedy: bool = False) -> ServedModel:
-        return ServedModel(self.servers[index % len(self.servers)], objective, greedy)
+        return ServedModel(self.server_for(index), objective, greedy)
 
     def describe(self) -> dict:
         import ray
