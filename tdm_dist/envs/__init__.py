@@ -8,7 +8,7 @@ import warnings
 warnings.filterwarnings("ignore", message=r".*DISPLAY environment variable is missing.*")
 
 from tdm_dist.envs.env import Env  # noqa: E402
-from tdm_dist.envs.registry import make, names, reward_fn, reward_from_obs, spec  # noqa: E402
+from tdm_dist.envs.registry import expand, make, names, reward_fn, reward_from_obs, spec  # noqa: E402
 from tdm_dist.envs.spec import EnvSpec  # noqa: E402
 
-__all__ = ["Env", "EnvSpec", "make", "names", "reward_fn", "reward_from_obs", "spec"]
+__all__ = ["Env", "EnvSpec", "expand", "make", "names", "reward_fn", "reward_from_obs", "spec"]

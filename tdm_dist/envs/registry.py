@@ -10,12 +10,16 @@ are unbounded families.
 from __future__ import annotations
 
 import difflib
+import re
 
 from tdm_dist.envs import procedural, randomized, suite
 from tdm_dist.envs.env import Env
 from tdm_dist.envs.rewards import REWARDS, RewardFn
 from tdm_dist.envs.spec import EnvSpec
 from tdm_dist.errors import ConfigError
+
+_RANGE = re.compile(r"(?P<head>.*?)(?P<first>\d+)\.\.(?P<last>\d+)(?P<tail>.*)")
+MAX_EXPANDED = 100_000  # a guard against a typo like 0..99999999
 
 
 def names() -> list[str]:
@@ -35,6 +39,37 @@ def _check(name: str) -> str:
     close = difflib.get_close_matches(base, known, n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `tdm envs` lists them all"
     raise ConfigError(f"unknown environment {name!r}{hint}")
+
+
+def expand(text: str) -> list[str]:
+    """The environments a command-line ``--env`` names, validated, in order and without repeats.
+
+    ``text`` is a comma-separated list of names, each of which may hold one inclusive integer range
+    ``A..B``: ``procwalker-chain-0..99`` (100 bodies), ``walker-stand@rand0..9,cartpole-swingup``.
+    Procedural walkers get their canonical name (``procwalker-chain-0007``), so two spellings of one body
+    are one environment (and one dataset partition).
+    """
+    out: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            raise ConfigError(f"empty environment name in {text!r}; expected names separated by commas")
+        match = _RANGE.fullmatch(item)
+        if match is None:
+            items = [item]
+        else:
+            first, last = int(match["first"]), int(match["last"])
+            if first > last:
+                raise ConfigError(f"empty range {first}..{last} in {item!r}; expected A..B with A <= B")
+            if last - first + 1 > MAX_EXPANDED:
+                raise ConfigError(f"{item!r} names {last - first + 1} environments; at most {MAX_EXPANDED} at once")
+            items = [f"{match['head']}{i}{match['tail']}" for i in range(first, last + 1)]
+        for name in items:
+            _check(name)
+            if procedural.is_procedural(name):
+                name = procedural.env_name(*procedural.parse(name))
+            if name not in out:
+                out.append(name)
+    return out
 
 
 def spec(name: str, action_repeat: int = 1) -> EnvSpec:

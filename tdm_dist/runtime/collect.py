@@ -3,6 +3,10 @@
 Episode ``i`` of a dataset always uses the seed ``seed * 1_000_000 + i``, so a re-run with the same
 command collects only the missing episode ids and produces the same episodes it would have the first
 time. Each finished episode goes to the writer at once; files appear complete or not at all.
+
+``env`` may name many environments (``procwalker-chain-0..99``, ``a,b``; see ``envs.expand``): every one
+gets episode ids 0..episodes-1 in its own partition of the one dataset, whatever its dimensions. The
+workers are not tied to one environment: each switches to the environment of the episode it is given.
 """
 
 from __future__ import annotations
@@ -20,16 +24,20 @@ from tdm_dist.runtime.env_worker import ExpertConfig, remote_env_worker
 
 @dataclass
 class CollectConfig:
-    env: str  # registry name of the environment
-    episodes: int  # episode ids 0..episodes-1 end up in the dataset
+    env: str  # environment name(s): "cartpole-swingup", "a,b", "procwalker-chain-0..99" (envs.expand)
+    episodes: int  # episode ids 0..episodes-1 of every environment end up in the dataset
     out: str  # dataset root (Parquet, partitioned by env)
     expert: ExpertConfig = field(default_factory=ExpertConfig)  # who acts
     workers: int = 2  # EnvWorker actors collecting in parallel
     seed: int = 0  # dataset seed; episode i uses seed * 1_000_000 + i
     rows_per_file: int = 8  # episodes per Parquet file
 
+    @property
+    def envs(self) -> list[str]:
+        return envs.expand(self.env)
+
     def check(self) -> None:
-        envs.spec(self.env)  # unknown names list close matches
+        envs.expand(self.env)  # unknown names list close matches
         if self.episodes < 1:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
         if self.workers < 1:
@@ -55,25 +63,34 @@ def episode_seed(seed: int, episode_id: int) -> int:
 
 
 def collect(cfg: CollectConfig, address: str | None = None, progress: bool = True) -> dict:
-    """Collect the missing episodes of ``cfg``; returns {collected, skipped, mean_return}."""
+    """Collect the missing episodes of ``cfg``; returns {collected, skipped, mean_return, envs}."""
     from ray.util import ActorPool
 
     from tdm_dist.data import EpisodeWriter, existing_ids
 
     cfg.check()
-    done = existing_ids(cfg.out, cfg.env)
-    todo = [i for i in range(cfg.episodes) if i not in done]
+    names = cfg.envs
+    todo, skipped = [], 0
+    for env in names:  # grouped by env, so a worker switches environments rarely
+        done = existing_ids(cfg.out, env)
+        skipped += len(done)
+        todo += [(env, i) for i in range(cfg.episodes) if i not in done]
+    result = {"collected": 0, "skipped": skipped, "mean_return": float("nan"), "envs": len(names)}
     if not todo:
-        return {"collected": 0, "skipped": len(done), "mean_return": float("nan")}
+        return result
     init_ray(address)
     # A crashed worker is restarted and its episode retried: episodes are deterministic given their seed.
     Worker = remote_env_worker(max_restarts=2, max_task_retries=2)
-    pool = ActorPool([Worker.remote(cfg.env) for _ in range(min(cfg.workers, len(todo)))])
+    pool = ActorPool([Worker.remote(todo[0][0]) for _ in range(min(cfg.workers, len(todo)))])
     returns = []
-    bar = tqdm(total=len(todo), desc=f"collecting {cfg.env}", unit="episode", disable=not progress)
+    what = names[0] if len(names) == 1 else f"{len(names)} envs"
+    bar = tqdm(total=len(todo), desc=f"collecting {what}", unit="episode", disable=not progress)
     with EpisodeWriter(cfg.out, rows_per_file=cfg.rows_per_file) as writer:
         episodes = pool.map_unordered(
-            lambda worker, i: worker.collect_episode.remote(i, episode_seed(cfg.seed, i), cfg.expert), todo
+            lambda worker, job: worker.collect_episode.remote(
+                job[1], episode_seed(cfg.seed, job[1]), cfg.expert, env=job[0]
+            ),
+            todo,
         )
         for episode in episodes:
             writer.add(episode)
@@ -81,4 +98,4 @@ def collect(cfg: CollectConfig, address: str | None = None, progress: bool = Tru
             bar.update()
             bar.set_postfix(mean_return=f"{np.mean(returns):.1f}")
     bar.close()
-    return {"collected": len(returns), "skipped": len(done), "mean_return": float(np.mean(returns))}
+    return {**result, "collected": len(returns), "mean_return": float(np.mean(returns))}

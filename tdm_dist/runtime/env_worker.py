@@ -38,6 +38,7 @@ class EnvWorker:
     """Holds one environment instance; as a Ray actor (``remote_env_worker()``) every method is a remote call."""
 
     def __init__(self, env_name: str, seed: int | None = None, action_repeat: int = 1):
+        self.action_repeat = action_repeat
         self.env = envs.make(env_name, seed=seed, action_repeat=action_repeat)
         self.reset_done = False  # False in a fresh (or restarted) actor: no episode to continue
 
@@ -79,10 +80,14 @@ class EnvWorker:
         finally:
             self.env.set_state(saved)
 
-    def collect_episode(self, episode_id: int, seed: int, expert: ExpertConfig) -> dict:
-        """Run one whole episode with the expert and return it as a dataset row (see ``tdm_dist.data``)."""
+    def collect_episode(self, episode_id: int, seed: int, expert: ExpertConfig, env: str | None = None) -> dict:
+        """Run one whole episode with the expert and return it as a dataset row (see ``tdm_dist.data``).
+        ``env``: play it in that environment (the worker switches to it and stays there)."""
         from tdm_dist.planning.ground_truth import GroundTruthExpert, expert_planner, random_policy, run_episode
 
+        if env is not None and env != self.env.spec.name:
+            self.env = envs.make(env, action_repeat=self.action_repeat)
+            self.reset_done = False
         if expert.kind == "gt-mpc":
             planner = expert_planner(seed).replace(**expert.planner)
             policy = GroundTruthExpert(self.env.spec, planner, action_noise=expert.action_noise, seed=seed)

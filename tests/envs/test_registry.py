@@ -91,3 +91,36 @@ def test_bad_actions_are_rejected():
         env.step(np.zeros(2))
     with pytest.raises(DataError, match="finite"):
         env.step(np.array([np.nan]))
+
+
+def test_expand_reads_lists_and_inclusive_ranges_in_order():
+    assert envs.expand("cartpole-swingup") == ["cartpole-swingup"]
+    assert envs.expand("procwalker-chain-8..11, cartpole-swingup,walker-stand@rand1..2:0.3") == [
+        "procwalker-chain-0008",
+        "procwalker-chain-0009",
+        "procwalker-chain-0010",
+        "procwalker-chain-0011",
+        "cartpole-swingup",
+        "walker-stand@rand1:0.3",
+        "walker-stand@rand2:0.3",
+    ]
+    # two spellings of one procedural body are one environment
+    assert envs.expand("procwalker-tree-7,procwalker-tree-0007,procwalker-tree-6..7") == [
+        "procwalker-tree-0007",
+        "procwalker-tree-0006",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("cartpole-swingup,,walker-stand", "empty environment name"),
+        ("procwalker-chain-5..2", r"empty range 5\.\.2"),
+        ("procwalker-chain-0..999999", "at most 100000 at once"),
+        ("procwalker-blob-0..3", "unknown procedural walker family 'blob'"),
+        ("cartpole-swingup,walker-stnd", "did you mean walker-stand"),
+    ],
+)
+def test_expand_rejects_bad_names_naming_the_part(text, message):
+    with pytest.raises(ConfigError, match=message):
+        envs.expand(text)

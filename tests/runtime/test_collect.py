@@ -36,6 +36,37 @@ def test_collect_writes_complete_episodes_and_resumes(tmp_path, ray_session):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_collect_many_envs_of_different_dims_into_one_dataset(tmp_path, ray_session):
+    out = tmp_path / "data"
+    names = ["procwalker-chain-0001", "procwalker-chain-0002", "cartpole-swingup"]
+    cfg = CollectConfig(
+        env="procwalker-chain-1..2,cartpole-swingup", episodes=1, out=str(out), expert=ExpertConfig(kind="random")
+    )
+    assert cfg.envs == names
+    result = collect(cfg, progress=False)
+    assert (result["collected"], result["skipped"], result["envs"]) == (3, 0, 3)
+    cfg.episodes = 2
+    assert collect(cfg, progress=False)["collected"] == 3  # only episode 1 of each env is new
+    summary = validate_dataset(out)
+    assert summary["episodes"] == 6
+    dims = {
+        (ep["env"], ep["episode_id"]): (ep["observations"].shape[1], ep["actions"].shape[1])
+        for ep in read_episodes(out)
+    }
+    for env in names:
+        spec = envs.spec(env)
+        assert dims[env, 0] == dims[env, 1] == (spec.obs_dim, spec.act_dim)
+        assert existing_ids(out, env) == {0, 1}
+    assert len({dims[env, 0] for env in names}) == 3  # three different layouts in one dataset
+
+
+def test_a_worker_switches_to_the_environment_of_its_episode():
+    worker = EnvWorker("cartpole-swingup")
+    episode = worker.collect_episode(0, seed=5, expert=ExpertConfig(kind="random"), env="procwalker-line-0003")
+    assert episode["env"] == "procwalker-line-0003" and episode["spec"] == envs.spec("procwalker-line-0003").to_dict()
+    assert worker.spec()["name"] == "procwalker-line-0003" and not worker.reset_done
+
+
 def test_episodes_are_deterministic_given_their_seed():
     worker = EnvWorker("cartpole-swingup")
     expert = ExpertConfig(kind="gt-mpc", planner=CHEAP_MPC)
