@@ -176,11 +176,12 @@ def _cmd_collect(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     result = collect(cfg, address=args.address)
+    what = args.env if result["envs"] == 1 else f"each of {result['envs']} envs"
     if result["collected"] == 0:
-        print(f"{args.out}: all {args.episodes} episodes of {args.env} are already there; nothing to do")
+        print(f"{args.out}: all {args.episodes} episodes of {what} are already there; nothing to do")
         return
     print(
-        f"collected {result['collected']} episodes of {args.env} into {args.out} "
+        f"collected {result['collected']} episodes ({args.episodes} of {what}) into {args.out} "
         f"(mean return {result['mean_return']:.1f}; {result['skipped']} were already there)"
     )
 
@@ -239,26 +240,28 @@ def _cmd_train(args: argparse.Namespace) -> None:
     )
 
 
-def _eval_config(args: argparse.Namespace):
+def _eval_config(args: argparse.Namespace, samples: int | None = None, horizon: int | None = None):
+    """The EvalConfig of `tdm eval`'s arguments (`tdm sweep` passes one of its K and N)."""
     from tdm_dist.planning.optimizers import PlannerConfig
     from tdm_dist.runtime.evaluate import EvalConfig
 
+    samples = args.samples if samples is None else samples
     planner = PlannerConfig(
         kind=args.planner,
-        samples=args.samples,
-        horizon=args.horizon,
+        samples=samples,
+        horizon=args.horizon if horizon is None else horizon,
         beta=args.beta,
         variance=args.variance,
         sigma=args.sigma,
         iterations=args.iterations,
-        elites=min(args.elites, args.samples) if args.planner == "cem" else args.elites,
+        elites=min(args.elites, samples) if args.planner == "cem" else args.elites,
         replan_every=args.replan_every,
     )
     return EvalConfig(
         env=args.env,
-        model=args.model,
+        model=getattr(args, "model", "tdm"),
         checkpoint=args.ckpt,
-        policy=args.policy,
+        policy=getattr(args, "policy", "mpc"),
         planner=planner,
         objective=args.objective,
         greedy=args.greedy,
@@ -297,6 +300,34 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from tdm_dist.sweep import SweepConfig, parse_models, print_table, run_sweep
+
+    models = args.models or ("tdm" if args.ckpt else "")
+    if not models:
+        raise ConfigError("name the models to sweep: --ckpt CKPT and/or --models tdm,ground-truth,random,NAME=CKPT")
+    cfg = SweepConfig(
+        base=_eval_config(args, samples=max(args.samples), horizon=max(args.horizons)),
+        models=parse_models(models, args.ckpt),
+        horizons=args.horizons,
+        samples=args.samples,
+        out=args.out,
+        concurrent=args.concurrent,
+        search=args.search,
+        trials=args.trials,
+    )
+    rows = run_sweep(cfg, address=args.address)
+    print_table(rows)
+    print(f"wrote {cfg.out}/sweep.csv, sweep.json and sweep.png")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 5,10,25; got {text!r}") from None
+
+
 def write_json(path: str, payload: dict) -> None:
     """``payload`` as indented JSON at ``path`` (folders created), written whole or not at all."""
     import os
@@ -309,11 +340,17 @@ def write_json(path: str, payload: dict) -> None:
     os.replace(tmp, target)
 
 
-def _add_planner_arguments(p: argparse.ArgumentParser) -> None:
+def _add_planner_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     g = p.add_argument_group("planner")
     g.add_argument("--planner", default="shooting", help="shooting (default), cem or proposal")
-    g.add_argument("--samples", "-K", type=int, default=128, help="candidate action sequences K (default 128)")
-    g.add_argument("--horizon", "-N", type=int, default=25, help="planning horizon N in env steps (default 25)")
+    if sweep:
+        g.add_argument("--samples", "-K", type=_int_list, default=[128], help="values of K (default 128)")
+        g.add_argument(
+            "--horizons", "-N", type=_int_list, default=[5, 10, 25, 50, 100], help="values of N (default 5,...,100)"
+        )
+    else:
+        g.add_argument("--samples", "-K", type=int, default=128, help="candidate action sequences K (default 128)")
+        g.add_argument("--horizon", "-N", type=int, default=25, help="planning horizon N in env steps (default 25)")
     g.add_argument(
         "--beta", type=float, default=2.0, help="colored-noise exponent: 2 Brownian (default), 1 pink, 0 white"
     )
@@ -392,8 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("collect", help="collect expert episodes into a Parquet dataset (resumable)")
-    p.add_argument("--env", required=True, help="environment name (see `tdm envs`)")
-    p.add_argument("--episodes", type=int, required=True, help="episode ids 0..N-1 end up in the dataset")
+    p.add_argument(
+        "--env", required=True, help="environment name (see `tdm envs`), or several: a,b or procwalker-chain-0..99"
+    )
+    p.add_argument("--episodes", type=int, required=True, help="episode ids 0..N-1 of each env end up in the dataset")
     p.add_argument("--out", required=True, help="dataset directory")
     p.add_argument("--expert", default="gt-mpc", help="gt-mpc (ground-truth MPC, default), random, or rllib:CHECKPOINT")
     p.add_argument("--action-noise", type=float, default=0.0, help="std of noise added to expert actions")
@@ -436,18 +475,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default=None, help="TDM checkpoint: file, checkpoint folder or run folder")
     p.add_argument("--policy", default="mpc", help="mpc (plan every step, default) or bc (the TDM's own actions)")
     _add_planner_arguments(p)
-    p.add_argument("--episodes", type=int, default=4, help="episodes in the result (default 4)")
-    p.add_argument("--agents", type=int, default=4, help="MPCAgent actors playing at once (default 4)")
-    p.add_argument("--steps", type=int, default=None, help="env steps per episode (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="episode i starts from seed*1e6 + i")
-    p.add_argument("--servers", type=int, default=1, help="ModelServer actors (default 1)")
-    p.add_argument("--max-batch", type=int, default=16, help="requests merged into one decode (default 16)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
-    p.add_argument("--prompt", default=None, help="dataset whose first episode of --env prompts the TDM")
+    _add_episode_arguments(p, agents=4)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     _add_address(p)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "sweep",
+        help="MPC return over a grid of K and N (or an Optuna search) as Ray Tune trials; resumes an interrupted sweep",
+    )
+    p.add_argument("--env", required=True, help="environment name (see `tdm envs`)")
+    p.add_argument("--ckpt", default=None, help="the TDM's checkpoint (the model 'tdm')")
+    p.add_argument(
+        "--models", default=None, help="lines of the plot: tdm,ground-truth,random,NAME=CHECKPOINT (default: tdm)"
+    )
+    _add_planner_arguments(p, sweep=True)
+    _add_episode_arguments(p, agents=2)
+    p.add_argument("--out", default="runs/sweep", help="results and Tune state; the same --out resumes")
+    p.add_argument("--concurrent", type=int, default=1, help="trials running at once (default 1)")
+    p.add_argument("--search", default="grid", help="grid (default) or optuna (Optuna + ASHA over the planner)")
+    p.add_argument("--trials", type=int, default=16, help="optuna: trials to run (default 16)")
+    _add_address(p)
+    p.set_defaults(func=_cmd_sweep)
     return parser
+
+
+def _add_episode_arguments(p: argparse.ArgumentParser, agents: int) -> None:
+    p.add_argument("--episodes", type=int, default=4, help="episodes per evaluation (default 4)")
+    p.add_argument("--agents", type=int, default=agents, help=f"MPCAgent actors playing at once (default {agents})")
+    p.add_argument("--steps", type=int, default=None, help="env steps per episode (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="episode i starts from seed*1e6 + i")
+    p.add_argument("--servers", type=int, default=1, help="ModelServer actors per TDM (default 1)")
+    p.add_argument("--max-batch", type=int, default=16, help="requests merged into one decode (default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
+    p.add_argument("--prompt", default=None, help="dataset whose first episode of --env prompts the TDM")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tdm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"tdm {args.command}: interrupted after {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        why = f": {e}" if str(e) else ""
+        print(f"tdm {args.command}: interrupted after {time.perf_counter() - start:.0f} s{why}", file=sys.stderr)
         return 130
     return 0
 

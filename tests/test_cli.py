@@ -22,7 +22,20 @@ def tdm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands():
     out = tdm("--help")
     assert out.returncode == 0
-    for command in ("envs", "model-info", "smoke", "demo", "collect", "data", "train", "finetune", "expert", "eval"):
+    commands = (
+        "envs",
+        "model-info",
+        "smoke",
+        "demo",
+        "collect",
+        "data",
+        "train",
+        "finetune",
+        "expert",
+        "eval",
+        "sweep",
+    )
+    for command in commands:
         assert command in out.stdout
 
 
@@ -143,3 +156,20 @@ def test_eval_of_a_text_file_is_a_checkpoint_error_not_a_traceback(cartpole_chec
     assert "Traceback" not in out.stderr and out.stdout == ""
     first = out.stderr.splitlines()[0]
     assert first.startswith(f"tdm eval: error: {cartpole_checkpoint / 'notes.txt'} is not a readable checkpoint")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], r"name the models to sweep: --ckpt CKPT and/or --models"),
+        (["--models", "ground-truth", "--horizons", "5,x"], r"--horizons/-N: expected integers separated by commas"),
+        (["--ckpt", "{root}/ckpt", "--horizons", "5,16"], r"horizon 16 does not fit .* the longest horizon is 15"),
+        (["--models", "ground-truth", "--search", "grid-ish"], r"unknown search .grid-ish.; expected one of grid"),
+    ],
+    ids=["no-models", "bad-list", "horizon-too-long", "bad-search"],
+)  # fmt: skip
+def test_sweep_rejects_bad_settings_before_starting_ray(cartpole_checkpoint, tmp_path, args, message):
+    root = str(cartpole_checkpoint)
+    out = tdm("sweep", "--env", "cartpole-swingup", "--out", str(tmp_path), *[a.format(root=root) for a in args])
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == ""
+    assert re.search(message, out.stderr.strip().splitlines()[-1]), out.stderr

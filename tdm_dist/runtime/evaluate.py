@@ -118,11 +118,13 @@ def summarize(returns: list[float]) -> tuple[float, float]:
     return float(r.mean()), sem
 
 
-def evaluate(cfg: EvalConfig, address: str | None = None, progress: bool = True, pool=None) -> dict:
+def evaluate(cfg: EvalConfig, address: str | None = None, progress: bool = True, pool=None, on_episode=None) -> dict:
     """Run ``cfg.episodes`` episodes on ``cfg.agents`` MPCAgent actors -> the result (see module docstring).
 
     ``pool``: ModelServers already running (a sweep shares them across trials); else this call starts
-    ``cfg.servers`` of them for a TDM and stops them at the end.
+    ``cfg.servers`` of them for a TDM and stops them at the end. ``on_episode(returns)``: called with the
+    returns of the episodes finished so far (in the order they finished) after each one (a sweep reports
+    them to Tune, whose schedulers may stop a poor trial early).
     """
     import ray
 
@@ -161,6 +163,8 @@ def evaluate(cfg: EvalConfig, address: str | None = None, progress: bool = True,
                 a, episode = running.pop(ref)
                 try:
                     results[episode] = ray.get(ref)
+                    if on_episode is not None:
+                        on_episode([r["return"] for r in results.values()])
                 except ray.exceptions.RayError as e:
                     cause = getattr(e, "cause", None)
                     if isinstance(cause, TdmError):
