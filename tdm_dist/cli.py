@@ -321,6 +321,32 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     print(f"wrote {cfg.out}/sweep.csv, sweep.json and sweep.png")
 
 
+def _cmd_run(args: argparse.Namespace) -> None:
+    from tdm_dist.experiment import Experiment, run_experiment
+
+    experiment = Experiment.load(args.experiment, args.scale)
+    report = run_experiment(experiment, out=args.out, address=args.address)
+    print(f"\nreport: {report}")
+
+
+def _cmd_submit(args: argparse.Namespace) -> None:
+    import yaml
+
+    from tdm_dist.runtime.cluster import submit_experiment
+
+    runtime_env = yaml.safe_load(args.runtime_env) if args.runtime_env else None
+    if runtime_env is not None and not isinstance(runtime_env, dict):
+        raise ConfigError(f"--runtime-env must be a YAML mapping, got {args.runtime_env!r}")
+    try:
+        job_id, status = submit_experiment(
+            args.experiment, args.address, args.scale, args.out, runtime_env, follow=not args.no_follow
+        )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("the job goes on running on the cluster; `ray job stop ID` stops it") from None
+    if status not in ("SUCCEEDED", "RUNNING"):
+        raise TdmError(f"Ray job {job_id} ended {status}; `ray job logs {job_id}` shows its output")
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",")]
@@ -497,6 +523,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=16, help="optuna: trials to run (default 16)")
     _add_address(p)
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "run", help="run a paper experiment (experiments/*.yaml): collect -> train -> sweep -> report; resumes"
+    )
+    p.add_argument("experiment", help="experiment file, e.g. experiments/specialist_cartpole.yaml")
+    p.add_argument("--scale", default="ci", help="ci (2 CPUs, about 30 minutes; default) or paper (a cluster)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<experiment>-<scale>); the same --out resumes")
+    _add_address(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("submit", help="submit `tdm run EXPERIMENT` as a Ray job to a cluster and follow its logs")
+    p.add_argument("experiment", help="experiment file, e.g. experiments/specialist_cartpole.yaml")
+    p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    p.add_argument("--scale", default="ci", help="ci (default) or paper")
+    p.add_argument(
+        "--out", default=None, help="run folder on the cluster (default: the absolute path of runs/<name>-<scale> here)"
+    )
+    p.add_argument("--runtime-env", default=None, help="extra runtime_env as YAML, e.g. '{pip: [somepackage]}'")
+    p.add_argument("--no-follow", action="store_true", help="return once submitted instead of following the logs")
+    p.set_defaults(func=_cmd_submit)
     return parser
 
 

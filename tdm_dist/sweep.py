@@ -5,7 +5,8 @@ are started once by the driver and shared by every trial (a trial never loads a 
 reserves one CPU per MPCAgent (the agent and its EnvWorker) in its placement group. Results go to
 ``OUT/sweep.csv``, ``OUT/sweep.json`` and ``OUT/sweep.png`` (the paper's Fig. 4: return against N, one
 line per model and K, shaded 68% CI). Tune's state lives in ``OUT/tune``: running the same command again
-after an interruption restores the sweep with ``Tuner.restore`` and runs only the unfinished trials.
+after an interruption restores the sweep with ``Tuner.restore`` and runs only the unfinished trials; after
+a finished sweep it returns the stored results.
 
 ``search="optuna"`` tunes the planner (N, K, the noise's β and variance, the proposal's σ) with Optuna
 through Tune, under an ASHA scheduler that stops trials whose first episodes score poorly.
@@ -21,12 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tdm_dist.errors import ConfigError
+from tdm_dist.errors import ConfigError, TdmError
 from tdm_dist.runtime.evaluate import EvalConfig, summarize
 
 REFERENCES = ("ground-truth", "random")  # models without a checkpoint
 SEARCHES = ("grid", "optuna")
 _COLUMNS = ["model", "samples", "horizon", "mean_return", "ci68", "episodes", "returns", "stopped", "env_steps_per_s"]
+
+
+class SweepFailed(TdmError):
+    """Some trials raised; the others' results are written and the same command retries the failed ones."""
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -94,6 +99,12 @@ class SweepConfig:
 
     def describe(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+    def cpus(self) -> float:
+        """Logical CPUs the sweep holds at once, plus one for the driver and Tune: a CPU per ModelServer, and
+        per running trial a CPU per agent (with its EnvWorker) and a sliver for the trial itself."""
+        servers = self.base.servers * sum(1 for ckpt in self.models.values() if ckpt)
+        return servers + self.concurrent * (min(self.base.agents, self.base.episodes) + 0.01) + 1
 
 
 def _trial(config: dict, sweep: SweepConfig, pools: dict) -> None:
@@ -165,17 +176,32 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, progress: bool = Tru
     from tdm_dist.runtime.model_server import ModelServerPool
 
     cfg.check()
+    # Tune runs each trial in its own folder: every path the trials read must be absolute
+    cfg = dataclasses.replace(
+        cfg,
+        models={name: ckpt and str(Path(ckpt).resolve()) for name, ckpt in cfg.models.items()},
+        base=cfg.base.replace(prompt=cfg.base.prompt and str(Path(cfg.base.prompt).resolve())),
+    )
     out = Path(cfg.out).resolve()
     settings = out / "sweep_config.json"
     if settings.exists() and json.loads(settings.read_text()) != cfg.describe():
         raise ConfigError(f"{out} holds a sweep with other settings ({settings}); use another --out")
+    if settings.exists() and (out / "sweep.json").exists():  # written last: this sweep has finished
+        return json.loads((out / "sweep.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(cfg.describe(), indent=1))
 
     agents = min(cfg.base.agents, cfg.base.episodes)
     tdms = {name: ckpt for name, ckpt in cfg.models.items() if ckpt}
-    init_ray(address, min_cpus=cfg.base.servers * len(tdms) + cfg.concurrent * agents + 1)
     b = cfg.base
+    init_ray(address, min_cpus=cfg.cpus())
+    have = ray.cluster_resources().get("CPU", 0)
+    if have < cfg.cpus() - 1:  # trials that can never be placed would wait forever
+        raise ConfigError(
+            f"the sweep needs {cfg.cpus() - 1:g} CPUs at once ({b.servers} per TDM for its servers, "
+            f"{agents} per trial for its agents, {cfg.concurrent} trials at once), the cluster has {have:g}; "
+            "lower --agents or --concurrent"
+        )
     pools = {
         name: ModelServerPool.start(ckpt, b.servers, max_batch=b.max_batch, max_wait_ms=b.max_wait_ms)
         for name, ckpt in tdms.items()
@@ -205,7 +231,15 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, progress: bool = Tru
         )
     rows = [_row(r.config, r.metrics, r.error, cfg.base.episodes) for r in ended]
     rows.sort(key=lambda r: (list(cfg.models).index(r["model"]), r["samples"], r["horizon"]))
-    write_results(rows, out, title=f"{cfg.base.env}: {cfg.base.planner.kind} planner, {cfg.base.episodes} episodes")
+    failed = [r for r in rows if r["error"]]
+    title = f"{cfg.base.env}: {cfg.base.planner.kind} planner, {cfg.base.episodes} episodes"
+    write_results(rows, out, title, complete=not failed)
+    if failed:
+        print_table(rows)
+        raise SweepFailed(
+            f"{len(failed)} of {len(rows)} trials failed (first: {failed[0]['model']} K={failed[0]['samples']} "
+            f"N={failed[0]['horizon']}: {failed[0]['error'].strip().splitlines()[-1]}); the same command retries them"
+        )
     return rows
 
 
@@ -219,9 +253,11 @@ def _row(config: dict, metrics: dict | None, error, episodes: int) -> dict:
     return row
 
 
-def write_results(rows: list[dict], out: Path, title: str) -> None:
-    """``sweep.json``, ``sweep.csv`` and ``sweep.png`` in ``out``."""
-    (out / "sweep.json").write_text(json.dumps(rows, indent=1))
+def write_results(rows: list[dict], out: Path, title: str, complete: bool = True) -> None:
+    """``sweep.csv`` and ``sweep.png`` in ``out``, and ``sweep.json`` when every trial has a result (it marks a
+    finished sweep)."""
+    if complete:
+        (out / "sweep.json").write_text(json.dumps(rows, indent=1))
     extra = sorted({k for r in rows for k in r} - set(_COLUMNS) - {"error"})
     with open(out / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_COLUMNS + extra + ["error"])
@@ -264,7 +300,9 @@ def print_table(rows: list[dict]) -> None:
     print(f"{'model':<16} {'K':>5} {'N':>5} {'mean return':>12} {'68% CI':>8} {'episodes':>9}")
     for r in rows:
         if r["mean_return"] is None:
-            print(f"{r['model']:<16} {r['samples']:>5} {r['horizon']:>5}  failed: {r['error']}")
+            print(
+                f"{r['model']:<16} {r['samples']:>5} {r['horizon']:>5}  failed: {r['error'].strip().splitlines()[-1]}"
+            )
             continue
         note = "  (stopped early)" if r["stopped"] else ""
         print(

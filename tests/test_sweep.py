@@ -17,7 +17,7 @@ from tdm_dist.errors import ConfigError
 from tdm_dist.learner.checkpoint import save_checkpoint
 from tdm_dist.model import TDM, preset
 from tdm_dist.runtime.evaluate import EvalConfig
-from tdm_dist.sweep import SweepConfig, parse_models, run_sweep
+from tdm_dist.sweep import SweepConfig, SweepFailed, parse_models, run_sweep
 from tests.runtime.test_evaluate import actors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,9 +65,10 @@ def test_bad_sweep_settings_fail_before_ray_starts(tmp_path, checkpoint):
         cfg.check()
 
 
-def test_trials_share_the_driver_s_model_server(ray_session, tmp_path, checkpoint):
+def test_trials_share_the_driver_s_model_server(ray_session, tmp_path, checkpoint, monkeypatch):
     before = set(actors("ModelServer"))
-    rows = run_sweep(small(tmp_path, {"tdm": checkpoint, "ground-truth": None}), progress=False)
+    monkeypatch.chdir(Path(checkpoint).parent)  # a relative checkpoint path: trials run in folders of their own
+    rows = run_sweep(small(tmp_path, {"tdm": Path(checkpoint).name, "ground-truth": None}), progress=False)
     assert [(r["model"], r["horizon"]) for r in rows] == [
         ("tdm", 2),
         ("tdm", 3),
@@ -93,6 +94,18 @@ def test_optuna_search_tunes_the_planner_under_asha(ray_session, tmp_path):
         assert 2 <= r["horizon"] <= 6 and r["samples"] == 4
         assert 0 <= r["beta"] <= 3 and 0.25 <= r["variance"] <= 4
         assert 1 <= r["episodes"] <= 2 and r["stopped"] == (r["episodes"] < 2)
+
+
+def test_failed_trials_are_reported_and_retried_by_the_same_command(ray_session, tmp_path, checkpoint):
+    empty = tmp_path / "no-episodes"
+    empty.mkdir()
+    cfg = small(tmp_path / "sweep", {"tdm": checkpoint}, horizons=[2])
+    cfg.base = cfg.base.replace(prompt=str(empty))  # every trial fails: no episode to prompt with
+    with pytest.raises(SweepFailed, match=r"1 of 1 trials failed .* has no episode of cartpole-swingup.*retries them"):
+        run_sweep(cfg, progress=False)
+    assert (tmp_path / "sweep" / "sweep.csv").exists() and not (tmp_path / "sweep" / "sweep.json").exists()
+    with pytest.raises(SweepFailed, match="1 of 1 trials failed"):  # retried (and failing again), not skipped
+        run_sweep(cfg, progress=False)
 
 
 def sweep_command(out: Path) -> list[str]:
