@@ -65,6 +65,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TDM:
     """The trained model of a checkpoint, in eval mode, on ``device``."""
     payload = load_checkpoint(path)
+    if payload.get("model_kind", "tdm") != "tdm":
+        raise CheckpointError(
+            f"{resolve_checkpoint(path)} holds the baseline model {payload['model_kind']!r}, not a TDM; "
+            "tdm_dist.baselines.load_baseline loads it"
+        )
     try:
         model = TDM(TDMConfig(**payload["model_config"]))
         model.load_state_dict(payload["model"])

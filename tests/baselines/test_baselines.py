@@ -9,7 +9,7 @@ import torch
 
 from tdm_dist import envs
 from tdm_dist.baselines import NAMES, BaselineModel, build, load_baseline, num_params, save_baseline, transitions
-from tdm_dist.errors import ConfigError
+from tdm_dist.errors import CheckpointError, ConfigError
 from tdm_dist.learner.checkpoint import FORMAT
 from tdm_dist.planning.ground_truth import random_policy, run_episode
 from tdm_dist.planning.models import PlanState
@@ -149,3 +149,11 @@ def test_unknown_model_names_the_known_ones():
         build("bogus", 5, 1)
     for name in NAMES:
         assert name in str(info.value)
+
+
+def test_a_baseline_checkpoint_is_not_taken_for_a_tdm(tmp_path):
+    from tdm_dist.learner.checkpoint import load_model
+
+    save_baseline(tmp_path, build("mlp", 5, 1))
+    with pytest.raises(CheckpointError, match="holds the baseline model 'mlp', not a TDM"):
+        load_model(tmp_path)
