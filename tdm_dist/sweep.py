@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tdm_dist import envs
 from tdm_dist.errors import ConfigError, TdmError
 from tdm_dist.runtime.evaluate import EvalConfig, summarize
 
@@ -232,7 +233,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, progress: bool = Tru
     rows = [_row(r.config, r.metrics, r.error, cfg.base.episodes) for r in ended]
     rows.sort(key=lambda r: (list(cfg.models).index(r["model"]), r["samples"], r["horizon"]))
     failed = [r for r in rows if r["error"]]
-    title = f"{cfg.base.env}: {cfg.base.planner.kind} planner, {cfg.base.episodes} episodes"
+    steps = cfg.base.steps or envs.spec(cfg.base.env).episode_length
+    title = f"{cfg.base.env}: {cfg.base.planner.kind} planner, {cfg.base.episodes} episodes of {steps} steps"
     write_results(rows, out, title, complete=not failed)
     if failed:
         print_table(rows)
@@ -273,6 +275,7 @@ def plot_over_horizon(rows: list[dict], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     lines: dict[tuple, list[dict]] = {}
@@ -286,7 +289,10 @@ def plot_over_horizon(rows: list[dict], path: Path, title: str) -> None:
         ci = np.array([r["ci68"] for r in points])
         (line,) = ax.plot(n, mean, marker="o", label=f"{model}, K={k}")
         ax.fill_between(n, mean - ci, mean + ci, color=line.get_color(), alpha=0.2)
+    horizons = sorted({r["horizon"] for points in lines.values() for r in points})
     ax.set_xscale("log")
+    ax.set_xticks(horizons, [str(n) for n in horizons])  # the swept N, not powers of ten
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("planning horizon N (env steps)")
     ax.set_ylabel("episode return")
     ax.set_title(title, fontsize=10)
