@@ -528,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a paper experiment (experiments/*.yaml): collect -> train -> sweep -> report; resumes"
     )
     p.add_argument("experiment", help="experiment file, e.g. experiments/specialist_cartpole.yaml")
-    p.add_argument("--scale", default="ci", help="ci (2 CPUs, about 30 minutes; default) or paper (a cluster)")
+    p.add_argument("--scale", default="ci", help="ci (2 CPUs, default) or paper (the paper's sizes, for a cluster)")
     p.add_argument("--out", default=None, help="run folder (default runs/<experiment>-<scale>); the same --out resumes")
     _add_address(p)
     p.set_defaults(func=_cmd_run)

@@ -1,7 +1,7 @@
 """``tdm run experiments/X.yaml``: one paper experiment as a pipeline, collect -> train -> sweep -> report.
 
-An experiment file names the paper's experiment and gives each scale (``ci``: 2 CPUs in about half an
-hour; ``paper``: the paper's data and model sizes, for a cluster) its stages::
+An experiment file names the paper's experiment and gives each scale (``ci``: sized for 2 CPUs and a
+30-minute budget; ``paper``: the paper's data and model sizes, for a cluster) its stages::
 
     name: specialist_cartpole
     title: Specialist TDM against ground-truth MPC on cartpole-swingup
