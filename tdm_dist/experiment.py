@@ -38,10 +38,26 @@ import yaml
 from tdm_dist.errors import ConfigError
 
 SCALES = ("ci", "paper")
-# Pieces an experiment may need beyond the TDM, as (module that provides it, what it is).
+
+
+def _trains_baselines() -> bool:
+    """Whether the learner trains the baseline models (``TrainConfig.model``), which the ModelServer then serves."""
+    from tdm_dist.learner.train import TrainConfig
+
+    return "model" in {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _has_prederr() -> bool:
+    return importlib.util.find_spec("tdm_dist.prederr") is not None
+
+
+# Pieces an experiment may need beyond the TDM: (whether this version has it, what it is).
 PIECES = {
-    "baselines": ("tdm_dist.baselines", "the baseline dynamics models (MLP variants, PETS, RSSM; issue 6)"),
-    "prederr": ("tdm_dist.prederr", "the prediction-error evaluation `tdm prederr` (App. G; issue 6)"),
+    "baselines": (
+        _trains_baselines,
+        "the baseline dynamics models trained and served like the TDM (`tdm train --model NAME`; issue 6)",
+    ),
+    "prederr": (_has_prederr, "the prediction-error evaluation `tdm prederr` (App. G; issue 6)"),
 }
 _SWEEP_FIELDS = {"models", "horizons", "samples", "concurrent", "search", "trials"}
 _PLANNER_FIELDS = {"kind", "beta", "variance", "sigma", "iterations", "elites", "replan_every"}
@@ -75,10 +91,10 @@ class Experiment:
         if scale not in spec["scales"]:
             raise ConfigError(f"{path} has no {scale!r} scale; it has {', '.join(spec['scales'])}")
         for piece in spec.get("needs", []):
-            module, what = PIECES.get(piece, (None, None))
-            if module is None:
+            present, what = PIECES.get(piece, (None, None))
+            if present is None:
                 raise ConfigError(f"{path}: unknown need {piece!r}; expected one of {', '.join(PIECES)}")
-            if importlib.util.find_spec(module) is None:
+            if not present():
                 name = spec.get("name", path.stem)
                 raise ConfigError(f"experiment {name} needs {what}, which this version does not have yet")
         stages = spec["scales"][scale]

@@ -296,7 +296,8 @@ def plot_over_horizon(rows: list[dict], path: Path, title: str) -> None:
     ax.set_xlabel("planning horizon N (env steps)")
     ax.set_ylabel("episode return")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    if lines:  # a sweep whose every trial failed has nothing to draw
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
