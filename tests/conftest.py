@@ -28,3 +28,19 @@ def ray_session():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> str:
+    """A tiny random TDM (context 128) that knows it was trained on cartpole-swingup."""
+    import torch
+
+    from tdm_dist import envs
+    from tdm_dist.learner.checkpoint import save_checkpoint
+    from tdm_dist.model import TDM, preset
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt")
+    env = "cartpole-swingup"
+    save_checkpoint(path, TDM(preset("tiny", context=128)), env_specs={env: envs.spec(env).to_dict()})
+    return str(path)

@@ -10,26 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from tdm_dist import envs
 from tdm_dist.errors import ConfigError
-from tdm_dist.learner.checkpoint import save_checkpoint
-from tdm_dist.model import TDM, preset
 from tdm_dist.runtime.evaluate import EvalConfig
 from tdm_dist.sweep import SweepConfig, SweepFailed, parse_models, run_sweep
 from tests.runtime.test_evaluate import actors
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "cartpole-swingup"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(path, TDM(preset("tiny", context=128)), env_specs={ENV: envs.spec(ENV).to_dict()})
-    return str(path)
 
 
 def small(out, models, **changes) -> SweepConfig:

@@ -19,7 +19,7 @@ from tdm_dist.baselines.mlp import PRESETS, Baseline, MLPConfig, MLPDynamics, pr
 from tdm_dist.baselines.pets import PETS, PETSConfig
 from tdm_dist.errors import CheckpointError, ConfigError, DataError
 from tdm_dist.learner.checkpoint import FILENAME, FORMAT, load_checkpoint, resolve_checkpoint
-from tdm_dist.planning.models import PlanState, Prediction, reward_function
+from tdm_dist.planning.models import PlanState, Prediction, numpy64, reward_function, seeded_generator
 
 # name -> (model class, its config class)
 MODELS: dict[str, tuple[type[Baseline], type]] = {
@@ -108,11 +108,7 @@ class BaselineModel:
 
     def __init__(self, model: Baseline, objective: str = "auto", seed: int | None = None):
         self.model, self.objective = model.eval(), objective
-        self.generator = torch.Generator(model.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        else:
-            self.generator.seed()
+        self.generator = seeded_generator(model.device, seed)
 
     def imagine(self, state: PlanState, actions: np.ndarray) -> Prediction:
         """actions [K, N, m] in [-1, 1] -> rewards [K, N] and predicted observations [K, N, n]."""
@@ -125,11 +121,7 @@ class BaselineModel:
         fn = reward_function(state.env, self.objective)
         if fn is not None:  # paper eq. 5
             rewards = torch.as_tensor(fn(obs, acts), dtype=torch.float32, device=device)
-        return Prediction(rewards=_numpy(rewards), actions=np.asarray(actions), obs=_numpy(obs))
+        return Prediction(rewards=numpy64(rewards), actions=np.asarray(actions), obs=numpy64(obs))
 
     def propose(self, state: PlanState, noise: np.ndarray) -> Prediction:
         raise ConfigError("the proposal planner needs a model with a policy (the TDM); the baselines have none")
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float64).numpy()

@@ -63,11 +63,7 @@ class TDMModel:
 
     def __init__(self, model, objective: str = "auto", greedy: bool = False, seed: int | None = None):
         self.model, self.objective, self.greedy = model, objective, greedy
-        self.generator = torch.Generator(model.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        else:
-            self.generator.seed()
+        self.generator = seeded_generator(model.device, seed)
 
     def imagine(self, state: PlanState, actions: np.ndarray) -> Prediction:
         return self._run(state, actions=actions)
@@ -84,7 +80,7 @@ class TDMModel:
             greedy=self.greedy,
             generator=self.generator,
         )
-        return Prediction(rewards=_numpy(out.rewards), actions=_numpy(out.actions), obs=_numpy(out.obs))
+        return Prediction(rewards=numpy64(out.rewards), actions=numpy64(out.actions), obs=numpy64(out.obs))
 
 
 class GroundTruthModel:
@@ -125,5 +121,16 @@ class ModelObjective:
         return out.rewards.sum(axis=1), out.actions
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
+def seeded_generator(device, seed: int | None = None) -> torch.Generator:
+    """A torch generator on ``device``: seeded for reproducible imagination, else from fresh entropy."""
+    generator = torch.Generator(device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return generator
+
+
+def numpy64(t: torch.Tensor) -> np.ndarray:
+    """A model's torch output as the float64 numpy the planners take."""
     return t.detach().to("cpu", torch.float64).numpy()

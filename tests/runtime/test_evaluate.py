@@ -13,26 +13,13 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
-from tdm_dist import envs
-from tdm_dist.learner.checkpoint import save_checkpoint
-from tdm_dist.model import TDM, preset
 from tdm_dist.planning.optimizers import PlannerConfig
 from tdm_dist.runtime.collect import episode_seed
 from tdm_dist.runtime.evaluate import EvalConfig, evaluate
 from tdm_dist.runtime.model_server import ModelServerPool
 
 ENV = "cartpole-swingup"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """A tiny random TDM that knows it was trained on cartpole-swingup."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(path, TDM(preset("tiny", context=128)), env_specs={ENV: envs.spec(ENV).to_dict()})
-    return str(path)
 
 
 def actors(class_name: str) -> dict[str, dict]:
