@@ -41,7 +41,7 @@ def submit_experiment(
 
     The job's working directory holds the experiment file alone; this checkout's ``tdm_dist`` package
     travels with it (``py_modules``), so the cluster runs the code you have here. The cluster's Python
-    must have the dependencies (the images in docker/; add ``pip`` to ``runtime_env`` otherwise). ``out``
+    must have the dependencies (installed with constraints.txt; or add ``pip`` to ``runtime_env``). ``out``
     is a path on the cluster; by default the absolute path of ``runs/<name>-<scale>`` here, which is right
     when the head node shares this file system. Follows the job's logs when ``follow``; returns
     (job id, final status or "RUNNING").
@@ -89,7 +89,6 @@ def submit_experiment(
                 if "No available agent" not in str(e) or attempt == 59:
                     raise
                 time.sleep(1.0)
-    log.info("submitted %s as job %s; results in %s", experiment, job_id, out)
     print(f"submitted {spec.name} ({scale}) as Ray job {job_id}; results in {out} on the cluster", flush=True)
     if not follow:
         return job_id, "RUNNING"
