@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,16 @@ def finished_trials(out: Path) -> dict[str, bytes]:
     }
 
 
+def own_lines(output: str) -> str:
+    """The command's own output, without the lines Ray forwards from its workers ("(MPCAgent pid=12) ...").
+
+    Actors that Tune kills on Ctrl-C may print Ray's own SIGTERM traceback while they exit; that is Ray's
+    shutdown noise, not an error of the command.
+    """
+    worker = re.compile(r"^(\x1b\[[0-9;]*m)?\(\w+ pid=\d+")
+    return "\n".join(line for line in output.splitlines() if not worker.match(line))
+
+
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     out = tmp_path / "sweep"
     process = subprocess.Popen(sweep_command(out), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -120,7 +131,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path
     process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert "run the same command to resume" in stderr and "Traceback" not in stderr
+    assert "run the same command to resume" in stderr and "Traceback" not in own_lines(stderr)
     before = finished_trials(out)
     assert 1 <= len(before) < 4
 
