@@ -37,14 +37,20 @@ PRESETS: dict[str, tuple[dict, int]] = {
 
 
 class Baseline(nn.Module):
-    """What every baseline shares: normalization buffers and the open-loop rollout.
+    """What every baseline shares: normalization buffers, the training batch, and the open-loop rollout.
 
-    Subclasses implement ``loss(batch)`` and ``step(obs [K, n], act [K, m], generator) -> (next_obs [K, n],
-    reward [K])``, and set ``self.delta`` (whether the targets are ``o_{t+1} - o_t``).
+    The learner feeds every baseline *segments* of ``segment_length`` steps cut from the episodes:
+    ``obs`` [B, L+1, n], ``act`` [B, L, m], ``reward`` [B, L] (r_{t+1} follows a_t); ``batch(segments)``
+    turns them into what ``loss`` takes. The one-step models (L = 1) take transitions, ``Batch``.
+
+    Subclasses implement ``loss(batch, generator)`` and ``step(obs [K, n], act [K, m], generator) ->
+    (next_obs [K, n], reward [K])``, and set ``self.delta`` (whether the targets are ``o_{t+1} - o_t``);
+    a model with a recurrent state (RSSM) overrides ``rollout`` and uses the real history instead.
     """
 
     kind: str  # the registry name (``build`` sets it); checkpoints store it to rebuild the model
     delta: bool  # the targets are o_{t+1} - o_t
+    segment_length: int = 1  # steps per training segment
 
     def __init__(self, obs_dim: int, act_dim: int):
         super().__init__()
@@ -81,7 +87,17 @@ class Baseline(nn.Module):
         self.out_mean.copy_(y.mean(dim=0))
         self.out_std.copy_(_std(y))
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def batch(self, segments: Batch) -> Batch:
+        """Segments of one step (obs [B, 2, n], act [B, 1, m], reward [B, 1]) -> transitions (``Batch``)."""
+        obs, act, reward = segments["obs"], segments["act"], segments["reward"]
+        if obs.ndim != 3 or obs.shape[1] != 2 or act.shape[1] != 1 or reward.shape[1:] != (1,):
+            raise DataError(
+                f"{self.kind} trains on one-step segments (obs [B, 2, n], act [B, 1, m], reward [B, 1]), got "
+                f"{tuple(obs.shape)}, {tuple(act.shape)} and {tuple(reward.shape)}"
+            )
+        return {"obs": obs[:, 0], "act": act[:, 0], "next_obs": obs[:, 1], "reward": reward[:, 0]}
+
+    def loss(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def step(
@@ -91,11 +107,17 @@ class Baseline(nn.Module):
 
     @torch.no_grad()
     def rollout(
-        self, obs0: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        obs0: torch.Tensor,
+        actions: torch.Tensor,
+        generator: torch.Generator | None = None,
+        history: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Open-loop prediction of K action sequences, each feeding back its own predictions.
 
         obs0: [K, n], the real current observation of each candidate; actions: [K, N, m] in [-1, 1].
+        ``history`` (observations [T+1, n] ending in obs0, actions [T, m]) is the real interaction so far;
+        one-step models need only obs0 and ignore it.
         Returns (obs [K, N, n], rewards [K, N]): o_{t+1} ... o_{t+N} and r_{t+1} ... r_{t+N}.
         """
         K, n, m = obs0.shape[0], self.obs_dim, self.act_dim
@@ -180,7 +202,7 @@ class MLPDynamics(Baseline):
             return self.logits(y.view(-1, self.obs_dim + 1, self.cfg.embed_dim))
         return y
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean squared error of the normalized targets, or cross-entropy of their tokens (tokout)."""
         target = self.targets(batch)
         out = self(batch["obs"], batch["act"])

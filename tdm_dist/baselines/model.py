@@ -17,6 +17,7 @@ import torch
 
 from tdm_dist.baselines.mlp import PRESETS, Baseline, MLPConfig, MLPDynamics, preset
 from tdm_dist.baselines.pets import PETS, PETSConfig
+from tdm_dist.data.dataset import cut_segments
 from tdm_dist.errors import CheckpointError, ConfigError, DataError
 from tdm_dist.learner.checkpoint import FILENAME, FORMAT, load_checkpoint, resolve_checkpoint
 from tdm_dist.planning.models import PlanState, Prediction, numpy64, reward_function, seeded_generator
@@ -41,9 +42,16 @@ def build(name: str, obs_dim: int, act_dim: int) -> Baseline:
 def transitions(episodes: list[dict]) -> dict[str, np.ndarray]:
     """Episodes (``data.episodes`` layout: observations [T+1, n], actions [T, m], rewards [T+1] with r_{t+1}
     following a_t) -> one row per step: obs [B, n], act [B, m], next_obs [B, n], reward [B], float32."""
+    seg = segments(episodes, 1)
+    return {"obs": seg["obs"][:, 0], "act": seg["act"][:, 0], "next_obs": seg["obs"][:, 1], "reward": seg["reward"][:, 0]}
+
+
+def segments(episodes: list[dict], length: int) -> dict[str, np.ndarray]:
+    """Episodes -> their consecutive ``length``-step segments (``data.dataset.cut_segments``): obs [S, L+1, n],
+    act [S, L, m], reward [S, L], float32; every episode must have the layout of the first."""
     if not episodes:
-        raise DataError("transitions needs at least one episode")
-    parts: dict[str, list[np.ndarray]] = {"obs": [], "act": [], "next_obs": [], "reward": []}
+        raise DataError("segments needs at least one episode")
+    parts = []
     for i, ep in enumerate(episodes):
         obs = np.asarray(ep["observations"], dtype=np.float32)
         act = np.asarray(ep["actions"], dtype=np.float32)
@@ -54,11 +62,10 @@ def transitions(episodes: list[dict]) -> dict[str, np.ndarray]:
                 f"episode {i} must have observations [T+1, n], actions [T, m] and rewards [T+1], got "
                 f"{tuple(obs.shape)}, {tuple(act.shape)} and {tuple(rew.shape)}"
             )
-        if parts["obs"] and (obs.shape[1], act.shape[1]) != (parts["obs"][0].shape[1], parts["act"][0].shape[1]):
+        if parts and (obs.shape[1], act.shape[1]) != (parts[0]["obs"].shape[2], parts[0]["act"].shape[2]):
             raise DataError(f"episode {i} has obs_dim {obs.shape[1]} and act_dim {act.shape[1]}, unlike episode 0")
-        parts["obs"].append(obs[:-1]), parts["act"].append(act)
-        parts["next_obs"].append(obs[1:]), parts["reward"].append(rew[1:])
-    return {k: np.concatenate(v) for k, v in parts.items()}
+        parts.append(cut_segments(obs, act, rew, length))
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("obs", "act", "reward")}
 
 
 def save_baseline(directory: str | os.PathLike, model: Baseline, **state) -> Path:

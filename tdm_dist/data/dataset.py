@@ -221,21 +221,10 @@ def make_datasets(cfg: DatasetConfig) -> tuple[ray.data.Dataset, ray.data.Datase
     Train holds ``cfg.epochs`` epochs of windows, shuffled when ``cfg.shuffle``; val holds one epoch's,
     unshuffled, so validation losses are comparable across evaluations.
     """
-    import ray.data
-    from ray.data.datasource.partitioning import PathPartitionFilter
-
     train_ids, val_ids = split_episodes(cfg.path, cfg.val_fraction, cfg.seed, cfg.envs)
-    envs = set(cfg.envs)
-    # One root path, not a list of files: Ray 2.60 resolves a list of paths in threads, which races on a
-    # failing `fsspec.implementations.http` import when aiohttp is absent (ImportError, now and then).
-    # The env partition only selects directories; env is also a column of every file (partitioning=None).
-    read_args = dict(partitioning=None, file_extensions=["parquet"])
-    if envs:
-        read_args["partition_filter"] = PathPartitionFilter.of(filter_fn=lambda p: p.get("env") in envs, style="hive")
 
     def windows(keep: list[EpisodeKey], epochs: int):
-        ds = ray.data.read_parquet(str(cfg.path), **read_args).select_columns(WINDOW_COLUMNS)  # pushed into the read
-        return ds.map_batches(
+        return _read_episodes(cfg.path, cfg.envs).map_batches(
             _window_batches,
             batch_format="pyarrow",
             batch_size=8,  # episodes per task call; a 1000-step episode makes ~30 windows of 1023 tokens
@@ -254,6 +243,21 @@ def make_datasets(cfg: DatasetConfig) -> tuple[ray.data.Dataset, ray.data.Datase
     return train, windows(val_ids, 1)
 
 
+def _read_episodes(path: str | os.PathLike, envs: tuple[str, ...]) -> ray.data.Dataset:
+    """The episodes of ``path`` (of ``envs``, or every env) as a Ray Dataset of ``WINDOW_COLUMNS`` rows."""
+    import ray.data
+    from ray.data.datasource.partitioning import PathPartitionFilter
+
+    # One root path, not a list of files: Ray 2.60 resolves a list of paths in threads, which races on a
+    # failing `fsspec.implementations.http` import when aiohttp is absent (ImportError, now and then).
+    # The env partition only selects directories; env is also a column of every file (partitioning=None).
+    read_args = dict(partitioning=None, file_extensions=["parquet"])
+    if envs:
+        keep = set(envs)
+        read_args["partition_filter"] = PathPartitionFilter.of(filter_fn=lambda p: p.get("env") in keep, style="hive")
+    return ray.data.read_parquet(str(path), **read_args).select_columns(WINDOW_COLUMNS)  # pushed into the read
+
+
 def in_memory_windows(path: str | os.PathLike, cfg: DatasetConfig, split: str = "train") -> dict[str, torch.Tensor]:
     """The windows ``make_datasets`` yields for ``split`` ("train" or "val"), built without Ray, unshuffled.
 
@@ -269,3 +273,80 @@ def in_memory_windows(path: str | os.PathLike, cfg: DatasetConfig, split: str = 
     args = (keep, cfg.window_tokens, cfg.seed, epochs, cfg.window_coverage)
     parts = [windows_from_table(read_table(f, WINDOW_COLUMNS), *args) for f in _files(path, cfg.envs)]
     return collate({k: np.concatenate([p[k] for p in parts]) for k in _OUT})
+
+
+# ---------------------------------------------------------------------------------------------- segments
+
+
+def cut_segments(obs: np.ndarray, act: np.ndarray, rew: np.ndarray, length: int, offset: int = 0) -> dict:
+    """The consecutive ``length``-step segments of one episode, from step ``offset`` on (the baselines' data).
+
+    obs [T+1, n], act [T, m], rew [T+1] (r_{t+1} follows a_t) -> ``obs`` [S, L+1, n], ``act`` [S, L, m],
+    ``reward`` [S, L], float32; S = (T - offset) // L, the steps left over at the end are not used.
+    """
+    T = act.shape[0]
+    starts = np.arange(offset, T - length + 1, length)
+    steps = starts[:, None] + np.arange(length + 1)  # [S, L+1]
+    return {
+        "obs": obs[steps].astype(np.float32),
+        "act": act[steps[:, :-1]].astype(np.float32),
+        "reward": rew[steps[:, 1:]].astype(np.float32),
+    }
+
+
+def segments_from_table(
+    table: pa.Table | pa.RecordBatch, keep: frozenset[EpisodeKey], length: int, seed: int, epochs: int = 1
+) -> dict[str, np.ndarray]:
+    """Segments (``cut_segments``) of the episodes of ``table`` whose (env, id) is in ``keep``, for ``epochs``
+    epochs, each epoch from its own seeded offset in [0, length). All episodes must share one layout."""
+    cols = {c: table.column(c).to_pylist() for c in ("env", "episode_id", "obs_dim", "act_dim", "steps")}
+    lists = {c: list_column(table, c) for c in ("observations", "actions", "rewards")}
+    parts: list[dict] = []
+    for i, (env, eid) in enumerate(zip(cols["env"], cols["episode_id"], strict=True)):
+        if (env, eid) not in keep:
+            continue
+        n, m, T = cols["obs_dim"][i], cols["act_dim"][i], cols["steps"][i]
+        obs, act = lists["observations"][i].reshape(T + 1, n), lists["actions"][i].reshape(T, m)
+        for epoch in range(epochs):
+            offset = int(window_rng(seed, env, eid, epoch).integers(0, length)) if length > 1 else 0
+            parts.append(cut_segments(obs, act, lists["rewards"][i], length, offset))
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("obs", "act", "reward")}
+
+
+def _segment_batches(table: pa.Table, **kwargs) -> Iterator[dict[str, np.ndarray]]:
+    out = segments_from_table(table, **kwargs)
+    if out and len(out["obs"]):  # as _window_batches: no empty batch
+        yield out
+
+
+def make_segment_datasets(
+    path: str | os.PathLike, length: int, val_fraction: float, seed: int, epochs: int = 1, envs: tuple[str, ...] = ()
+) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """(train, val) ``ray.data.Dataset`` of ``length``-step segments (rows: obs [L+1, n], act [L, m],
+    reward [L]), split by episode as the windows are; train holds ``epochs`` epochs, val one."""
+    if length < 1:
+        raise ConfigError(f"segment length must be >= 1, got {length}")
+    train_ids, val_ids = split_episodes(path, val_fraction, seed, envs)
+
+    def segments(keep: list[EpisodeKey], epochs: int):
+        fn_kwargs = {"keep": frozenset(keep), "length": length, "seed": seed, "epochs": epochs}
+        return _read_episodes(path, envs).map_batches(
+            _segment_batches, batch_format="pyarrow", batch_size=8, fn_kwargs=fn_kwargs
+        )
+
+    return segments(train_ids, epochs), segments(val_ids, 1)
+
+
+def in_memory_segments(
+    path: str | os.PathLike, length: int, val_fraction: float, seed: int, split: str = "train", epochs: int = 1
+) -> dict[str, np.ndarray]:
+    """The segments ``make_segment_datasets`` yields for ``split``, built without Ray."""
+    train_ids, val_ids = split_episodes(path, val_fraction, seed)
+    keep = frozenset(train_ids if split == "train" else val_ids)
+    parts = [segments_from_table(read_table(f, WINDOW_COLUMNS), keep, length, seed, epochs) for f in _files(path, ())]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise DataError(f"{path} has no {length}-step segment in its {split} episodes")
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("obs", "act", "reward")}
