@@ -222,11 +222,12 @@ def _cmd_data_info(args: argparse.Namespace) -> None:
 def _train_config(args: argparse.Namespace, init_from: str | None = None):
     from tdm_dist.learner.train import TrainConfig
 
-    fields = {
-        k: getattr(args, k)
-        for k in ("preset", "context", "steps", "batch_size", "lr", "warmup_steps", "workers", "eval_every", "seed")
-        if getattr(args, k, None) is not None
-    }
+    keys = ("model", "preset", "context", "steps", "batch_size", "lr", "warmup_steps", "workers", "eval_every", "seed")
+    fields = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if init_from:  # fine-tuning goes on with the checkpoint's kind of model
+        from tdm_dist.learner.checkpoint import load_checkpoint
+
+        fields["model"] = load_checkpoint(init_from).get("model_kind", "tdm")
     return TrainConfig(data=args.data, out=args.out, init_from=init_from, **fields)
 
 
@@ -234,10 +235,22 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from tdm_dist.learner.train import train
 
     result = train(_train_config(args, init_from=getattr(args, "from_checkpoint", None)), address=args.address)
-    print(
-        f"trained {result['step']} steps: train loss {result['train/loss']:.3f}, val nll {result['val/nll']:.3f} "
-        f"(unigram baseline {result['val/unigram_nll']:.3f}); checkpoint {result['checkpoint']}"
-    )
+    val = f"val loss {result['val/loss']:.3f}"
+    if "val/unigram_nll" in result:
+        val = f"val nll {result['val/nll']:.3f} (unigram baseline {result['val/unigram_nll']:.3f})"
+    print(f"trained {result['step']} steps: train loss {result['train/loss']:.3f}, {val}")
+    print(f"checkpoint {result['checkpoint']}")
+
+
+def _model_of(args: argparse.Namespace) -> str:
+    """`tdm eval --model`, by default the kind of model its --ckpt holds (a TDM or a baseline)."""
+    if getattr(args, "model", None):
+        return args.model
+    if args.ckpt:
+        from tdm_dist.learner.checkpoint import checkpoint_kind
+
+        return checkpoint_kind(args.ckpt)
+    return "tdm"
 
 
 def _eval_config(args: argparse.Namespace, samples: int | None = None, horizon: int | None = None):
@@ -259,7 +272,7 @@ def _eval_config(args: argparse.Namespace, samples: int | None = None, horizon: 
     )
     return EvalConfig(
         env=args.env,
-        model=getattr(args, "model", "tdm"),
+        model=_model_of(args),
         checkpoint=args.ckpt,
         policy=getattr(args, "policy", "mpc"),
         planner=planner,
@@ -393,10 +406,24 @@ def _add_train_arguments(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--data", required=True, help="Parquet dataset written by `tdm collect`")
     p.add_argument("--out", required=True, help="run directory; re-running with the same --out resumes")
     if not finetune:
-        p.add_argument("--preset", default=None, help="model preset: tiny (default), small, base, large")
+        from tdm_dist.baselines import NAMES
+
+        p.add_argument(
+            "--model",
+            default=None,
+            choices=("tdm", *NAMES),
+            metavar="NAME",
+            help=f"tdm (default), or a baseline of paper §5.1: {', '.join(NAMES)}",
+        )
+        p.add_argument("--preset", default=None, help="TDM preset: tiny (default), small, base, large")
         p.add_argument("--context", type=int, default=None, help="tokens per window (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 2000)")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per step per worker (default 16)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="windows (TDM) or segments (baselines) per step and worker (default 16)",
+    )
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default 100)")
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default 2)")
@@ -486,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.set_defaults(func=_cmd_data_info)
 
-    p = sub.add_parser("train", help="train a TDM on a dataset with Ray Train (resumes an existing --out)")
+    p = sub.add_parser(
+        "train", help="train a TDM (or a baseline, --model) on a dataset with Ray Train (resumes an existing --out)"
+    )
     _add_train_arguments(p, finetune=False)
     p.set_defaults(func=_cmd_train)
 
@@ -497,8 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="mean return of MPC (or BC) with a model over episodes, on MPCAgent actors")
     p.add_argument("--env", required=True, help="environment name (see `tdm envs`)")
-    p.add_argument("--model", default="tdm", help="tdm (default; needs --ckpt), ground-truth or random")
-    p.add_argument("--ckpt", default=None, help="TDM checkpoint: file, checkpoint folder or run folder")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="ground-truth or random; or the learned model of --ckpt: tdm or a baseline (default: the checkpoint's)",
+    )
+    p.add_argument("--ckpt", default=None, help="TDM or baseline checkpoint: file, checkpoint folder or run folder")
     p.add_argument("--policy", default="mpc", help="mpc (plan every step, default) or bc (the TDM's own actions)")
     _add_planner_arguments(p)
     _add_episode_arguments(p, agents=4)

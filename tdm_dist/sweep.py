@@ -24,9 +24,10 @@ import numpy as np
 
 from tdm_dist import envs
 from tdm_dist.errors import ConfigError, TdmError
+from tdm_dist.learner.checkpoint import checkpoint_kind
+from tdm_dist.runtime.agent import REFERENCES
 from tdm_dist.runtime.evaluate import EvalConfig, summarize
 
-REFERENCES = ("ground-truth", "random")  # models without a checkpoint
 SEARCHES = ("grid", "optuna")
 _COLUMNS = ["model", "samples", "horizon", "mean_return", "ci68", "episodes", "returns", "stopped", "env_steps_per_s"]
 
@@ -42,7 +43,8 @@ class SweepInterrupted(KeyboardInterrupt):
 def parse_models(text: str, checkpoint: str | None = None) -> dict[str, str | None]:
     """``tdm,ground-truth,random,ctx256=runs/b`` -> {line name: checkpoint or None for a reference}.
 
-    ``tdm`` stands for ``--ckpt``; ``NAME=PATH`` adds a TDM under its own name."""
+    ``tdm`` stands for ``--ckpt``; ``NAME=PATH`` adds a learned model (a TDM or a baseline, whichever the
+    checkpoint holds) under its own name."""
     models: dict[str, str | None] = {}
     for item in (part.strip() for part in text.split(",")):
         name, _, path = item.partition("=")
@@ -62,7 +64,7 @@ def parse_models(text: str, checkpoint: str | None = None) -> dict[str, str | No
 @dataclass
 class SweepConfig:
     base: EvalConfig  # env, planner kind, objective, episodes, steps, agents, servers, ... (model and K, N are swept)
-    models: dict[str, str | None]  # line name -> TDM checkpoint, or None for ground-truth / random (see parse_models)
+    models: dict[str, str | None]  # line name -> checkpoint (TDM or baseline), or None for ground-truth / random
     horizons: list[int] = field(default_factory=lambda: [5, 10, 25, 50, 100])  # planning horizons N
     samples: list[int] = field(default_factory=lambda: [128])  # candidate sequences K
     out: str = "runs/sweep"  # results and Tune's state; the same out resumes
@@ -74,7 +76,7 @@ class SweepConfig:
         """The evaluation of one trial."""
         checkpoint = self.models[model]
         return self.base.replace(
-            model="tdm" if checkpoint else model,
+            model=checkpoint_kind(checkpoint) if checkpoint else model,
             checkpoint=checkpoint,
             planner=self.base.planner.replace(samples=samples, horizon=horizon, **planner),
         )
@@ -193,19 +195,19 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, progress: bool = Tru
     settings.write_text(json.dumps(cfg.describe(), indent=1))
 
     agents = min(cfg.base.agents, cfg.base.episodes)
-    tdms = {name: ckpt for name, ckpt in cfg.models.items() if ckpt}
+    learned = {name: ckpt for name, ckpt in cfg.models.items() if ckpt}
     b = cfg.base
     init_ray(address, min_cpus=cfg.cpus())
     have = ray.cluster_resources().get("CPU", 0)
     if have < cfg.cpus() - 1:  # trials that can never be placed would wait forever
         raise ConfigError(
-            f"the sweep needs {cfg.cpus() - 1:g} CPUs at once ({b.servers} per TDM for its servers, "
+            f"the sweep needs {cfg.cpus() - 1:g} CPUs at once ({b.servers} per learned model for its servers, "
             f"{agents} per trial for its agents, {cfg.concurrent} trials at once), the cluster has {have:g}; "
             "lower --agents or --concurrent"
         )
     pools = {
         name: ModelServerPool.start(ckpt, b.servers, max_batch=b.max_batch, max_wait_ms=b.max_wait_ms)
-        for name, ckpt in tdms.items()
+        for name, ckpt in learned.items()
     }
     # the trial itself needs next to nothing; each of its agents, with its EnvWorker, one CPU
     resources = tune.PlacementGroupFactory([{"CPU": 0.01}] + [{"CPU": 1.0}] * agents)

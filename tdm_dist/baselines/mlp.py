@@ -51,6 +51,7 @@ class Baseline(nn.Module):
     kind: str  # the registry name (``build`` sets it); checkpoints store it to rebuild the model
     delta: bool  # the targets are o_{t+1} - o_t
     segment_length: int = 1  # steps per training segment
+    uses_history: bool = False  # rollout needs the real history (a recurrent state), not only the last observation
 
     def __init__(self, obs_dim: int, act_dim: int):
         super().__init__()

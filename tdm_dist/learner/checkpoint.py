@@ -21,11 +21,21 @@ FORMAT = "tdm_dist/checkpoint/1"
 FILENAME = "model.pt"
 
 
-def save_checkpoint(directory: str | os.PathLike, model: TDM, **state) -> Path:
-    """Write ``directory/model.pt`` (via a temporary name and a rename) and return its path."""
+def save_checkpoint(directory: str | os.PathLike, model: torch.nn.Module, **state) -> Path:
+    """Write ``directory/model.pt`` (via a temporary name and a rename) and return its path.
+
+    ``model`` is a TDM or a baseline (``tdm_dist.baselines``); ``model_kind`` says which ("tdm" or the
+    baseline's name), ``model_config`` is its config as a dict. ``state`` must be plain data.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "model_config": asdict(model.cfg), "model": model.state_dict(), **state}
+    payload = {
+        "format": FORMAT,
+        "model_kind": getattr(model, "kind", "tdm"),
+        "model_config": asdict(model.cfg),
+        "model": model.state_dict(),
+        **state,
+    }
     tmp = directory / f".{FILENAME}.tmp"
     torch.save(payload, tmp)
     os.replace(tmp, directory / FILENAME)
@@ -60,6 +70,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a tdm_dist checkpoint (expected format {FORMAT!r})")
     return payload
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str:
+    """The kind of model a checkpoint holds: "tdm" or a baseline's name (``tdm_dist.baselines.NAMES``)."""
+    return load_checkpoint(path).get("model_kind", "tdm")
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TDM:

@@ -30,7 +30,8 @@ from tdm_dist.runtime.cluster import init_ray
 class TrainConfig:
     data: str  # Parquet dataset written by `tdm collect`
     out: str  # run directory: checkpoints, TensorBoard logs, model.pt of the last checkpoint
-    preset: str = "tiny"  # model preset (tiny, small, base, large)
+    model: str = "tdm"  # "tdm", or a baseline of tdm_dist.baselines (mlp, mlp-tokin-delta, pets, rssm, ...)
+    preset: str = "tiny"  # TDM preset (tiny, small, base, large)
     context: int | None = None  # tokens per training window and model context (default: the preset's)
     steps: int = 2000  # optimizer steps
     batch_size: int = 16  # windows per step per worker
@@ -59,6 +60,10 @@ class TrainConfig:
         return preset(self.preset, **overrides)
 
     def check(self) -> None:
+        from tdm_dist.baselines import NAMES
+
+        if self.model != "tdm" and self.model not in NAMES:
+            raise ConfigError(f"unknown model {self.model!r}; known: tdm, {', '.join(NAMES)}")
         for name in ("steps", "batch_size", "workers", "eval_every", "val_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -91,24 +96,78 @@ def _batches(shard, batch_size: int, seed: int):
             raise ConfigError(f"a training shard has fewer windows than one batch of {batch_size}")
 
 
-def _validation_nll(model, shard, batches: int, batch_size: int, device) -> tuple[float, float]:
-    """(summed NLL, token count) over up to ``batches`` validation batches of this worker's shard."""
+class _TDMObjective(torch.nn.Module):
+    """The TDM's next-token NLL as a module, so that DDP sees the loss computed in ``forward``."""
+
+    unit = "tok"  # what the throughput counts
+
+    def __init__(self, model: TDM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, reduction: str = "mean"):
+        tokens, n, m = batch["tokens"], batch["obs_dim"], batch["act_dim"]
+        return token_nll(self.model(tokens[:, :-1], n, m), tokens, n, m, reduction)
+
+    def summed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed validation loss, count): the NLL of every counted token."""
+        return self(batch, "sum")
+
+    def items(self, batch: dict) -> int:
+        return batch["tokens"].numel()
+
+
+class _BaselineObjective(torch.nn.Module):
+    """A baseline's own loss (``Baseline.loss``) over segment batches, as a module for DDP."""
+
+    unit = "seg"
+
+    def __init__(self, model, seed: int):
+        super().__init__()
+        self.model = model
+        self.generator = torch.Generator().manual_seed(seed)  # PETS's bootstraps, the RSSM's latent samples
+
+    def forward(self, batch: dict):
+        return self.model.loss(self.model.batch(batch), self.generator)
+
+    def summed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss x segments, segments): the mean loss per segment over many batches."""
+        count = batch["obs"].shape[0]
+        return self(batch) * count, torch.tensor(float(count), device=batch["obs"].device)
+
+    def items(self, batch: dict) -> int:
+        return batch["obs"].shape[0]
+
+
+def _validation_loss(objective, shard, batches: int, batch_size: int, device) -> tuple[float, float]:
+    """(summed loss, count) over up to ``batches`` validation batches of this worker's shard, summed over
+    every worker's: for the TDM the NLL of every counted token, for a baseline its loss per segment."""
     total, count = torch.zeros((), device=device), torch.zeros((), device=device)
-    model.eval()
+    objective.eval()
     with torch.no_grad():
         for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size)):
             if i >= batches:
                 break
-            tokens = batch["tokens"].to(device)
-            logits = model(tokens[:, :-1], batch["obs_dim"].to(device), batch["act_dim"].to(device))
-            s, c = token_nll(logits, tokens, batch["obs_dim"].to(device), batch["act_dim"].to(device), "sum")
+            s, c = objective.summed({k: v.to(device) for k, v in batch.items()})
             total, count = total + s, count + c
-    model.train()
+    objective.train()
     if torch.distributed.is_initialized():  # average over every worker's shard
         both = torch.stack([total, count.to(total.dtype)])
         torch.distributed.all_reduce(both)
         total, count = both[0], both[1]
     return float(total), float(count)
+
+
+def _objective(config: dict, cfg: TrainConfig, rank: int) -> torch.nn.Module:
+    """The model of this run (``config["model_config"]``, or a baseline with its initial normalization), wrapped
+    in the objective the loop minimizes."""
+    if cfg.model == "tdm":
+        return _TDMObjective(TDM(TDMConfig(**config["model_config"])))
+    from tdm_dist.baselines import rebuild
+
+    model = rebuild(cfg.model, config["model_config"])
+    model.load_state_dict(config["initial_state"])  # fit_normalization's statistics, the same on every rank
+    return _BaselineObjective(model, cfg.seed + rank)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -123,7 +182,8 @@ def train_loop_per_worker(config: dict) -> None:
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
-    model = TDM(TDMConfig(**config["model_config"]))
+    objective = _objective(config, cfg, rank)
+    model = objective.model
     state = None
     resume = ray.train.get_checkpoint()
     if resume:  # a restarted worker or a re-run: continue where the last checkpoint left off
@@ -132,11 +192,10 @@ def train_loop_per_worker(config: dict) -> None:
         model.load_state_dict(state["model"])
     elif cfg.init_from:  # fine-tuning: the weights only, a fresh schedule
         model.load_state_dict(load_checkpoint(cfg.init_from)["model"])
-    model = ray.train.torch.prepare_model(model)  # on the worker's device, DDP-wrapped
+    wrapped = ray.train.torch.prepare_model(objective)  # on the worker's device, DDP-wrapped
     device = ray.train.torch.get_device()
-    raw_model = model.module if hasattr(model, "module") else model
     # The optimizer is built (and its state loaded) after the move, so its state lives on the same device.
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     step = 0
     if state is not None:
@@ -153,38 +212,38 @@ def train_loop_per_worker(config: dict) -> None:
         tb = SummaryWriter(str(Path(cfg.out) / "tensorboard"))
     train_batches = _batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.seed + rank)
     val_shard = ray.train.get_dataset_shard("val")
-    tic, tokens_seen, losses = time.perf_counter(), 0, []
+    tic, seen, losses = time.perf_counter(), 0, []
     while step < cfg.steps:
-        batch = next(train_batches)
-        tokens = batch["tokens"].to(device)
-        obs_dim, act_dim = batch["obs_dim"].to(device), batch["act_dim"].to(device)
-        loss = token_nll(model(tokens[:, :-1], obs_dim, act_dim), tokens, obs_dim, act_dim)
+        batch = {k: v.to(device) for k, v in next(train_batches).items()}
+        loss = wrapped(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
         step += 1
         losses.append(loss.detach())  # no host sync per step; read at evaluation
-        tokens_seen += tokens.numel() * ctx.get_world_size()
+        seen += objective.items(batch) * ctx.get_world_size()
         if step % cfg.eval_every and step != cfg.steps:
             continue
-        total, count = _validation_nll(model, val_shard, cfg.val_batches, cfg.batch_size, device)
+        total, count = _validation_loss(objective, val_shard, cfg.val_batches, cfg.batch_size, device)
         elapsed = time.perf_counter() - tic
         metrics = {
             "step": step,
             "train/loss": float(torch.stack(losses).mean()),
-            "val/nll": total / max(count, 1.0),
+            "val/loss": total / max(count, 1.0),
             "train/lr": sched.get_last_lr()[0],
-            "perf/tokens_per_s": tokens_seen / elapsed,
+            f"perf/{objective.unit}_per_s": seen / elapsed,
         }
-        tic, tokens_seen, losses = time.perf_counter(), 0, []
+        if cfg.model == "tdm":
+            metrics["val/nll"] = metrics["val/loss"]
+        tic, seen, losses = time.perf_counter(), 0, []
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
                 save_checkpoint(
                     tmp,
-                    raw_model,
+                    model,
                     optimizer=opt.state_dict(),
                     scheduler=sched.state_dict(),
                     step=step,
@@ -198,8 +257,8 @@ def train_loop_per_worker(config: dict) -> None:
                         tb.add_scalar(key, value, step)
                 tb.flush()
                 print(
-                    f"step {step}/{cfg.steps}  loss {metrics['train/loss']:.3f}  val nll {metrics['val/nll']:.3f}  "
-                    f"lr {metrics['train/lr']:.2e}  {metrics['perf/tokens_per_s']:.0f} tok/s",
+                    f"step {step}/{cfg.steps}  loss {metrics['train/loss']:.3f}  val loss {metrics['val/loss']:.3f}  "
+                    f"lr {metrics['train/lr']:.2e}  {metrics[f'perf/{objective.unit}_per_s']:.0f} {objective.unit}/s",
                     flush=True,
                 )
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -218,15 +277,18 @@ def _epochs_per_pass(summary: dict, cfg: TrainConfig, window_tokens: int) -> int
     return math.ceil(cfg.steps * cfg.batch_size * cfg.workers / windows_per_epoch)
 
 
-def _check_resumable(out: Path, model_cfg: TDMConfig) -> None:
+def _check_resumable(out: Path, kind: str, model_config: dict) -> None:
     """An existing run directory is resumed (Ray Train restores by storage path and name): its checkpoints
-    must hold the same architecture, else every worker would fail to load them."""
+    must hold the same model, else every worker would fail to load them."""
     runs = out / "train"
     if not runs.is_dir() or not list(runs.rglob("model.pt")):
         return
-    saved = load_checkpoint(runs)["model_config"]
-    if saved != asdict(model_cfg):
-        changed = {k: (saved.get(k), v) for k, v in asdict(model_cfg).items() if saved.get(k) != v}
+    payload = load_checkpoint(runs)
+    saved, saved_kind = payload["model_config"], payload.get("model_kind", "tdm")
+    if saved_kind != kind:
+        raise ConfigError(f"{out} holds a run of a {saved_kind} model, not a {kind}; use a new --out")
+    if saved != model_config:
+        changed = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v}
         raise ConfigError(
             f"{out} holds a run of another model ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
             "re-running resumes it, so use a new --out for a different model"
@@ -283,15 +345,15 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
         summarize,
         validate_dataset,
     )
+    from tdm_dist.data.dataset import make_segment_datasets
 
     cfg.check()
+    pretrained = None
     if cfg.init_from:  # fine-tuning keeps the pretrained architecture
         cfg.init_from = str(resolve_checkpoint(cfg.init_from).resolve())
-        model_cfg = TDMConfig(**load_checkpoint(cfg.init_from)["model_config"])
-        cfg.context, cfg.preset, cfg.dropout = model_cfg.context, "from-checkpoint", model_cfg.dropout
-    else:
-        model_cfg = cfg.model_config()
-    _check_resumable(Path(cfg.out), model_cfg)
+        pretrained = load_checkpoint(cfg.init_from)
+        if pretrained.get("model_kind", "tdm") != cfg.model:
+            raise ConfigError(f"{cfg.init_from} holds a {pretrained.get('model_kind', 'tdm')} model, not a {cfg.model}")
     validate_dataset(cfg.data)  # a corrupt file or bad episode stops here, naming it, before any work
     train_ids, val_ids = split_episodes(cfg.data, cfg.val_fraction, cfg.seed)
     if not train_ids or not val_ids:
@@ -299,30 +361,44 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
             f"{cfg.data} has {len(train_ids) + len(val_ids)} episodes: training needs at least 2, one of them "
             "held out for validation"
         )
+    env_specs = read_specs(cfg.data)
+    summary = summarize(cfg.data)
     init_ray(address, min_cpus=cfg.workers * cfg.cpus_per_worker + 1)  # + 1 for the Ray Data tasks
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= cfg.workers
-    env_specs = read_specs(cfg.data)
-    epochs = _epochs_per_pass(summarize(cfg.data), cfg, model_cfg.context)
-    data_cfg = DatasetConfig(
-        path=cfg.data,
-        window_tokens=model_cfg.context,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        epochs=epochs,
-        shuffle=False,  # a global shuffle of every epoch's windows costs more than it buys; see _batches
-    )
     ray.data.DataContext.get_current().enable_progress_bars = False  # the step lines are the progress report
-    train_ds, val_ds = make_datasets(data_cfg)
-    val_ds = val_ds.materialize()  # one epoch of windows, small; evaluations then do not re-read the files
+    loop_config: dict = {"env_specs": env_specs}
+    if cfg.model == "tdm":
+        if pretrained:
+            model_cfg = TDMConfig(**pretrained["model_config"])
+            cfg.context, cfg.preset, cfg.dropout = model_cfg.context, "from-checkpoint", model_cfg.dropout
+        else:
+            model_cfg = cfg.model_config()
+        loop_config["model_config"] = asdict(model_cfg)
+        _check_resumable(Path(cfg.out), "tdm", loop_config["model_config"])
+        data_cfg = DatasetConfig(
+            path=cfg.data,
+            window_tokens=model_cfg.context,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            epochs=_epochs_per_pass(summary, cfg, model_cfg.context),
+            shuffle=False,  # a global shuffle of every epoch's windows costs more than it buys; see _batches
+        )
+        train_ds, val_ds = make_datasets(data_cfg)
+    else:
+        model = _baseline(cfg, summary, pretrained)
+        loop_config["model_config"] = asdict(model.cfg)
+        _check_resumable(Path(cfg.out), cfg.model, loop_config["model_config"])
+        length = model.segment_length
+        loop_config["initial_state"] = {k: v for k, v in model.state_dict().items()}
+        steps = sum(s["steps"] for s in summary.values()) * (1 - cfg.val_fraction)
+        epochs = math.ceil(cfg.steps * cfg.batch_size * cfg.workers / max(1.0, steps // length))
+        train_ds, val_ds = make_segment_datasets(cfg.data, length, cfg.val_fraction, cfg.seed, epochs)
+    val_ds = val_ds.materialize()  # one epoch, small; evaluations then do not re-read the files
     out = Path(cfg.out).resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "train": {**asdict(cfg), "out": str(out)},
-            "model_config": asdict(model_cfg),
-            "env_specs": env_specs,
-        },
+        train_loop_config={"train": {**asdict(cfg), "out": str(out)}, **loop_config},
         scaling_config=ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
@@ -341,12 +417,42 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
         raise _unwrap_worker_error(e) from None
     if result.checkpoint is None:
         raise ConfigError(f"training in {out} produced no checkpoint")
-    baseline = unigram_nll(
-        *(in_memory_windows(cfg.data, dataclasses.replace(data_cfg, epochs=1), split) for split in ("train", "val"))
-    )
     final = out / "model.pt"
     with result.checkpoint.as_directory() as d:
         tmp = out / ".model.pt.tmp"
         tmp.write_bytes((Path(d) / "model.pt").read_bytes())
         os.replace(tmp, final)
-    return {**result.metrics, "val/unigram_nll": baseline, "checkpoint": str(final)}
+    metrics = {**result.metrics, "checkpoint": str(final)}
+    if cfg.model == "tdm":  # the NLL a model of token frequencies alone reaches
+        windows = (in_memory_windows(cfg.data, dataclasses.replace(data_cfg, epochs=1), s) for s in ("train", "val"))
+        metrics["val/unigram_nll"] = unigram_nll(*windows)
+    return metrics
+
+
+def _baseline(cfg: TrainConfig, summary: dict, pretrained: dict | None):
+    """The baseline to train: fresh (seeded) or the pretrained one, with the normalization statistics of the
+    training data (of up to 100,000 segments)."""
+    from tdm_dist.baselines import build, rebuild
+    from tdm_dist.data.dataset import in_memory_segments
+
+    if len(summary) != 1:
+        raise ConfigError(
+            f"the {cfg.model} baseline models one environment, and {cfg.data} holds {len(summary)} "
+            f"({', '.join(sorted(summary)[:5])}{', ...' if len(summary) > 5 else ''}); only the TDM trains "
+            "on many"
+        )
+    spec = next(iter(summary.values()))  # data.summarize's: obs_dim, act_dim, ...
+    torch.manual_seed(cfg.seed)
+    if pretrained:
+        model = rebuild(cfg.model, pretrained["model_config"])
+        model.load_state_dict(pretrained["model"])
+        if (model.obs_dim, model.act_dim) != (spec["obs_dim"], spec["act_dim"]):
+            raise ConfigError(
+                f"{cfg.init_from} models {model.obs_dim} observation and {model.act_dim} action entries, "
+                f"{cfg.data} has {spec['obs_dim']} and {spec['act_dim']}"
+            )
+        return model  # fine-tuning keeps the pretrained normalization
+    model = build(cfg.model, spec["obs_dim"], spec["act_dim"])
+    segments = in_memory_segments(cfg.data, model.segment_length, cfg.val_fraction, cfg.seed, "train")
+    model.fit_normalization(model.batch({k: torch.as_tensor(v[:100_000]) for k, v in segments.items()}))
+    return model

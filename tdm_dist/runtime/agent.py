@@ -1,5 +1,5 @@
 """``MPCAgent``: plays whole episodes against its own EnvWorker, deciding every step by planning through a
-model (a ModelServer's TDM or the ground-truth simulator), by the TDM's BC policy, or at random.
+model (a ModelServer's TDM or baseline, or the ground-truth simulator), by the TDM's BC policy, or at random.
 
 The agent keeps the real history of the episode (paper §4: the TDM is conditioned on the real interaction,
 not warm-started from its own imagination) and sends its most recent part, as much as the model's context
@@ -14,20 +14,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tdm_dist import envs
+from tdm_dist.baselines import NAMES as BASELINES
 from tdm_dist.errors import ConfigError
 from tdm_dist.planning.models import GroundTruthModel, ModelObjective, PlanState
 from tdm_dist.planning.optimizers import MPCPlanner, PlannerConfig
 from tdm_dist.runtime.env_worker import remote_env_worker
 from tdm_dist.tokenizer import History, StepLayout
 
-MODELS = ("tdm", "ground-truth", "random")
+REFERENCES = ("ground-truth", "random")  # the models without a checkpoint
+LEARNED = ("tdm", *BASELINES)  # the models a ModelServer serves from a checkpoint
+MODELS = (*LEARNED, *REFERENCES)
 POLICIES = ("mpc", "bc")
 
 
 @dataclass
 class AgentConfig:
     env: str  # registry name
-    model: str = "tdm"  # "tdm" (through a ModelServer), "ground-truth" (the simulator) or "random" (no model)
+    model: str = "tdm"  # "tdm" or a baseline (through a ModelServer), "ground-truth" (the simulator), "random"
     policy: str = "mpc"  # "mpc": plan every step; "bc": the TDM's own actions (its policy view, §3.1)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     objective: str = "auto"  # "auto", "obs" (eq. 5) or "predicted" (eq. 6); see planning.models.reward_function
@@ -67,9 +70,9 @@ class MPCAgent:
         # evaluation reruns it from its seed.
         options = {"num_cpus": 0.5, "max_restarts": -1, "max_task_retries": -1, **(worker_options or {})}
         self.worker = remote_env_worker(**options).remote(cfg.env)
-        if cfg.model == "tdm":
+        if cfg.model in LEARNED:
             if server is None:
-                raise ConfigError("a TDM agent needs a ModelServer")
+                raise ConfigError(f"an agent of the {cfg.model} model needs a ModelServer")
             self.model = ServedModel(server, cfg.objective, cfg.greedy)
         elif cfg.model == "ground-truth":
             self.model = GroundTruthModel(self.worker)

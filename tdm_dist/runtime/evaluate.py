@@ -22,7 +22,7 @@ from tdm_dist import envs
 from tdm_dist.errors import ConfigError, TdmError
 from tdm_dist.planning.models import reward_function
 from tdm_dist.planning.optimizers import PlannerConfig
-from tdm_dist.runtime.agent import AgentConfig, remote_mpc_agent
+from tdm_dist.runtime.agent import LEARNED, REFERENCES, AgentConfig, remote_mpc_agent
 from tdm_dist.runtime.cluster import init_ray
 from tdm_dist.runtime.collect import episode_seed
 from tdm_dist.tokenizer import StepLayout
@@ -33,8 +33,8 @@ MAX_ATTEMPTS = 3  # runs of one episode before the evaluation gives up on it
 @dataclass
 class EvalConfig:
     env: str  # registry name
-    model: str = "tdm"  # "tdm", "ground-truth" or "random"
-    checkpoint: str | None = None  # the TDM's checkpoint (file, checkpoint folder or run folder)
+    model: str = "tdm"  # "tdm", a baseline (tdm_dist.baselines.NAMES), "ground-truth" or "random"
+    checkpoint: str | None = None  # the TDM's or baseline's checkpoint (file, checkpoint folder or run folder)
     policy: str = "mpc"  # "mpc" or "bc" (the TDM's own actions)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     objective: str = "auto"  # "auto", "obs" (eq. 5) or "predicted" (eq. 6)
@@ -43,7 +43,7 @@ class EvalConfig:
     agents: int = 4  # MPCAgent actors playing episodes at once
     steps: int | None = None  # environment steps per episode (None: 1000)
     seed: int = 0  # episode i starts from seed * 1_000_000 + i
-    servers: int = 1  # ModelServer actors (TDM only)
+    servers: int = 1  # ModelServer actors (TDM and baselines)
     max_batch: int = 16  # requests one batched decode may merge
     max_wait_ms: float = 5.0  # the longest a request waits for others to join its batch
     prompt: str | None = None  # a dataset whose first episode of env prompts the TDM (§5.2.2)
@@ -74,18 +74,23 @@ class EvalConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        if self.model != "tdm":
+        if self.model in REFERENCES:
             if self.checkpoint or self.prompt:
-                raise ConfigError(f"--ckpt and --prompt are for the TDM, not the {self.model} model")
+                raise ConfigError(f"--ckpt and --prompt are for a learned model, not {self.model}")
             return None
+        if self.prompt and self.model != "tdm":
+            raise ConfigError(f"--prompt is for the TDM, not the {self.model} baseline")
         if not self.checkpoint:
-            raise ConfigError("the TDM needs a checkpoint (--ckpt)")
-        from tdm_dist.learner.checkpoint import load_checkpoint
+            raise ConfigError(f"the {self.model} model needs a checkpoint (--ckpt)")
+        from tdm_dist.learner.checkpoint import load_checkpoint, resolve_checkpoint
 
         payload = load_checkpoint(self.checkpoint)
+        kind = payload.get("model_kind", "tdm")
+        if kind != self.model:
+            raise ConfigError(f"{resolve_checkpoint(self.checkpoint)} holds a {kind} model, not a {self.model}")
         check_env_matches(payload.get("env_specs") or {}, spec)
         reward_function(self.env, self.objective)
-        if self.policy == "mpc":
+        if self.policy == "mpc" and kind == "tdm":
             layout = StepLayout(spec.obs_dim, spec.act_dim)
             context = payload["model_config"]["context"]
             longest = layout.longest_horizon(context)
@@ -133,10 +138,10 @@ def evaluate(cfg: EvalConfig, address: str | None = None, progress: bool = True,
     payload = cfg.check()
     prompt = _read_prompt(cfg.prompt, cfg.env) if cfg.prompt else None
     init_ray(address, min_cpus=min(cfg.agents, cfg.episodes) + 1)
-    own_pool = cfg.model == "tdm" and pool is None
+    own_pool = cfg.model in LEARNED and pool is None
     if own_pool:
         pool = ModelServerPool.start(cfg.checkpoint, cfg.servers, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms)
-    context = payload["model_config"]["context"] if payload else 1023
+    context = payload["model_config"].get("context", 1023) if payload else 1023  # a baseline has none
     agent_cfg = cfg.agent_config(context, prompt)
     Agent = remote_mpc_agent()
     count = min(cfg.agents, cfg.episodes)

@@ -1,10 +1,11 @@
-"""``ModelServer``: a TDM behind a Ray actor that merges concurrent requests into batched decodes.
+"""``ModelServer``: a TDM (or a baseline) behind a Ray actor that merges concurrent requests into batched decodes.
 
 Agents send ``imagine`` and ``act`` requests; the server queues them and, once the first request of a batch
 has waited ``max_wait_ms`` (or ``max_batch`` requests are queued, or the previous decode has just finished
 and requests piled up meanwhile), decodes everything it holds at once: requests of one layout and shape
 (same n, m, K, N, objective kind) are one ``TDM.imagine_batch`` call, the rest run one group after another.
-A request never waits for a batch longer than ``max_wait_ms`` plus the decode in progress.
+A request never waits for a batch longer than ``max_wait_ms`` plus the decode in progress. A baseline's
+checkpoint is served the same way (``baselines.model.imagine_many``: one rollout per horizon).
 
 It is a plain async actor rather than a Ray Serve deployment: agents are Ray actors already, so a handle
 call is the whole transport (no HTTP proxy or controller processes on a 2-core machine), and batching
@@ -83,8 +84,14 @@ class ModelServer:
         # count is per calling thread, so it is set in the decode thread itself (measured: 2x on 2 cores).
         threads = (threads or os.cpu_count() or 1) if device == "cpu" else torch.get_num_threads()
         self.checkpoint = str(checkpoint)
-        self.model = load_model(checkpoint, device)
-        self.env_specs = load_checkpoint(checkpoint).get("env_specs", {})
+        payload = load_checkpoint(checkpoint)
+        self.kind, self.env_specs = payload.get("model_kind", "tdm"), payload.get("env_specs", {})
+        if self.kind == "tdm":
+            self.model = load_model(checkpoint, device)
+        else:
+            from tdm_dist.baselines import load_baseline
+
+            self.model = load_baseline(checkpoint, device)
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.generator = torch.Generator(self.model.device)
         self.generator.manual_seed(seed) if seed is not None else self.generator.seed()
@@ -105,12 +112,12 @@ class ModelServer:
         return await self._submit(request)
 
     def describe(self) -> dict:
-        cfg = self.model.cfg
         return {
             "checkpoint": self.checkpoint,
+            "model": self.kind,
             "device": str(self.model.device),
-            "context": cfg.context,
-            "parameters": self.model.num_parameters(),
+            "context": getattr(self.model.cfg, "context", None),  # a baseline has none
+            "parameters": sum(p.numel() for p in self.model.parameters()),
             "env_specs": self.env_specs,
             "stats": dict(self.stats),
         }
@@ -120,7 +127,16 @@ class ModelServer:
         if request.kind not in ("imagine", "act"):
             raise ConfigError(f"request kind must be imagine or act, got {request.kind!r}")
         layout = request.history.layout
-        self.model.check_layout(layout.obs_dim, layout.act_dim)
+        if self.kind != "tdm":
+            if request.kind == "act" or request.actions is None:
+                raise ConfigError(f"the {self.kind} baseline has no policy: no BC actions, no proposal planner")
+            if (layout.obs_dim, layout.act_dim) != (self.model.obs_dim, self.model.act_dim):
+                raise ConfigError(
+                    f"the {self.kind} baseline models {self.model.obs_dim} observation and {self.model.act_dim} "
+                    f"action entries, the request has {layout.obs_dim} and {layout.act_dim}"
+                )
+        else:
+            self.model.check_layout(layout.obs_dim, layout.act_dim)
         if request.kind == "act":
             return
         reward_function(request.env, request.objective)
@@ -128,6 +144,8 @@ class ModelServer:
         if given is None or np.ndim(given) != 3 or given.shape[2] != layout.act_dim or min(given.shape[:2]) < 1:
             shape = None if given is None else np.shape(given)
             raise ConfigError(f"actions (or noise) must be [K >= 1, N >= 1, {layout.act_dim}], got {shape}")
+        if self.kind != "tdm":
+            return
         N, longest = given.shape[1], layout.longest_horizon(self.model.cfg.context)
         if longest < N:
             raise ConfigError(f"horizon {N} does not fit the model's context; the longest horizon is {longest}")
@@ -171,11 +189,19 @@ class ModelServer:
 
     def _decode(self, requests: list[Request]) -> list:
         start = time.perf_counter()
+        if self.kind != "tdm":  # a baseline: the questions of one horizon are one rollout
+            from tdm_dist.baselines.model import imagine_many
+
+            questions = [(PlanState(r.env, r.history), r.actions, r.objective) for r in requests]
+            results = imagine_many(self.model, questions, self.generator)
+            self._count(len(requests), 1, start)
+            return results
         groups: dict[tuple, list[int]] = defaultdict(list)
         fns = [None if r.kind == "act" else reward_function(r.env, r.objective) for r in requests]
         for i, r in enumerate(requests):
             groups[r.group(fns[i] is None)].append(i)
         results: list = [None] * len(requests)
+        decodes = 0
         for members in groups.values():
             first = requests[members[0]]
             histories = [requests[i].history for i in members]
@@ -185,7 +211,7 @@ class ModelServer:
                 )
                 for j, i in enumerate(members):
                     results[i] = actions[j].cpu().double().numpy()
-                self.stats["decodes"] += 1
+                decodes += 1
                 continue
             given = "actions" if first.actions is not None else "noise"
             stacked = torch.as_tensor(np.stack([getattr(requests[i], given) for i in members]))
@@ -200,11 +226,15 @@ class ModelServer:
             obs, rewards, actions = (t.cpu().double().numpy() for t in (out.obs, out.rewards, out.actions))
             for j, i in enumerate(members):
                 results[i] = Prediction(rewards=rewards[j], actions=actions[j], obs=obs[j])
-            self.stats["decodes"] += 1
-        self.stats["requests"] += len(requests)
+            decodes += 1
+        self._count(len(requests), decodes, start)
+        return results
+
+    def _count(self, requests: int, decodes: int, start: float) -> None:
+        self.stats["requests"] += requests
+        self.stats["decodes"] += decodes
         self.stats["batches"] += 1
         self.stats["decode_s"] += time.perf_counter() - start
-        return results
 
 
 def remote_model_server(num_cpus: float = 1, num_gpus: float | None = None, **options):
@@ -246,7 +276,7 @@ class ModelServerPool:
 
 
 class ServedModel:
-    """A :class:`~tdm_dist.planning.models.DynamicsModel` whose TDM lives in a ModelServer."""
+    """A :class:`~tdm_dist.planning.models.DynamicsModel` whose TDM or baseline lives in a ModelServer."""
 
     def __init__(self, server, objective: str = "auto", greedy: bool = False):
         self.server, self.objective, self.greedy = server, objective, greedy
