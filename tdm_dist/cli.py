@@ -313,6 +313,26 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _cmd_prederr(args: argparse.Namespace) -> None:
+    from tdm_dist.prederr import PredErrConfig, prediction_errors, print_table, write_results
+    from tdm_dist.sweep import parse_models
+
+    if not (args.models or args.ckpt):
+        raise ConfigError("name the models to compare: --ckpt CKPT and/or --models tdm,NAME=CKPT,...")
+    models = parse_models(args.models or "tdm", args.ckpt)
+    references = [name for name, ckpt in models.items() if ckpt is None]
+    if references:
+        raise ConfigError(f"prederr compares learned models to the simulator: {', '.join(references)} predicts nothing")
+    cfg = PredErrConfig(
+        env=args.env, models=models, horizon=args.horizon, runs=args.runs, beta=args.beta, variance=args.variance,
+        greedy=args.greedy, seed=args.seed, out=args.out,
+    )  # fmt: skip
+    result = prediction_errors(cfg)
+    plot = write_results(result, cfg.out)
+    print_table(result)
+    print(f"wrote {cfg.out}/prederr.json, prederr.csv and {plot.name}")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from tdm_dist.sweep import SweepConfig, parse_models, print_table, run_sweep
 
@@ -538,6 +558,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     _add_address(p)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "prederr", help="RMS error of models' open-loop predictions against the simulator over the horizon (App. G)"
+    )
+    p.add_argument("--env", required=True, help="environment name (see `tdm envs`)")
+    p.add_argument("--ckpt", default=None, help="a TDM or baseline checkpoint (the model 'tdm' of --models)")
+    p.add_argument("--models", default=None, help="lines of the plot: tdm,NAME=CHECKPOINT,... (default: tdm)")
+    p.add_argument("--horizon", type=int, default=50, help="predict N steps ahead (default 50)")
+    p.add_argument("--runs", type=int, default=30, help="random initial states; the plot shows the median (default 30)")
+    p.add_argument("--beta", type=float, default=2.0, help="exponent of the action noise (default 2, Brownian)")
+    p.add_argument("--variance", type=float, default=2.0, help="variance of the action noise (default 2)")
+    p.add_argument("--greedy", action="store_true", help="the TDM decodes its most likely tokens")
+    p.add_argument("--seed", type=int, default=0, help="run i starts from seed*1e6 + i")
+    p.add_argument("--out", default="runs/prederr", help="folder of prederr.json, .csv and .png")
+    p.set_defaults(func=_cmd_prederr)
 
     p = sub.add_parser(
         "sweep",

@@ -15,11 +15,13 @@ An experiment file names the paper's experiment and gives each scale (``ci``: si
           tdm: {data: cartpole, preset: tiny, context: 128, steps: 1200}
         sweeps:                     # evaluations, by key: SweepConfig / EvalConfig / PlannerConfig fields
           over_n: {env: cartpole-swingup, models: [tdm, ground-truth, random], horizons: [5, 10, 25], ...}
+        prederr:                    # optional, by key: PredErrConfig fields; models: model keys (App. G)
+          errors: {env: cartpole-swingup, models: [tdm], horizon: 25, runs: 30}
         report: {against: context}  # optional: also plot return against a training setting of the models
 
 Everything lands in the run folder (default ``runs/<name>-<scale>``): ``data/<key>``, ``models/<key>``,
-``sweeps/<key>`` and ``report/`` (``README.md`` with the tables, and the PNGs). Every stage resumes, so a
-re-run after an interruption continues where it stopped.
+``sweeps/<key>``, ``prederr/<key>`` and ``report/`` (``README.md`` with the tables, and the PNGs). Every
+stage resumes, so a re-run after an interruption continues where it stopped.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Experiment:
     data: dict[str, dict]
     models: dict[str, dict]
     sweeps: dict[str, dict]
+    prederr: dict[str, dict]
     report: dict
     source: str  # the YAML file
 
@@ -106,6 +109,7 @@ class Experiment:
             data=stages.get("data", {}),
             models=stages.get("models", {}),
             sweeps=stages.get("sweeps", {}),
+            prederr=stages.get("prederr", {}),
             report=stages.get("report", {}),
             source=str(path),
         )
@@ -120,8 +124,12 @@ class Experiment:
                 raise ConfigError(f"{where}: model {key!r} trains on data {model.get('data')!r}, which is not defined")
             if "init_from" in model and model["init_from"] not in self.models:
                 raise ConfigError(f"{where}: model {key!r} starts from {model['init_from']!r}, which is not defined")
-        if not self.sweeps:
-            raise ConfigError(f"{where}: an experiment needs at least one sweep")
+        if not self.sweeps and not self.prederr:
+            raise ConfigError(f"{where}: an experiment needs at least one sweep or prederr stage")
+        for key, errors in self.prederr.items():
+            for name in errors.get("models", []):
+                if name not in self.models:
+                    raise ConfigError(f"{where}: prederr {key!r} compares {name!r}, not a model of the experiment")
         for key, sweep in self.sweeps.items():
             for name in sweep.get("models", []):
                 if name not in self.models and name not in ("ground-truth", "random"):
@@ -145,6 +153,9 @@ class Experiment:
                 cfg = self.sweep_config(key, sweep, nowhere)
                 base = cfg.base.replace(prompt=None, planner=cfg.base.planner.replace(kind="shooting"))
                 dataclasses.replace(cfg, base=base, models={"random": None}).check()
+        for key, errors in self.prederr.items():
+            with _naming(f"{where}: prederr {key!r}"):
+                self.prederr_config(key, errors, nowhere).check()
 
     # --- the stages' configs ------------------------------------------------------------------------
 
@@ -193,6 +204,16 @@ class Experiment:
         except TypeError as e:
             raise ConfigError(str(e)) from None
 
+    def prederr_config(self, key: str, errors: dict, run: Path):
+        from tdm_dist.prederr import PredErrConfig
+
+        fields = dict(errors)
+        models = {n: str(run / "models" / n / "model.pt") for n in fields.pop("models", [])}
+        try:
+            return PredErrConfig(models=models, out=str(run / "prederr" / key), **fields)
+        except TypeError as e:
+            raise ConfigError(str(e)) from None
+
 
 @contextlib.contextmanager
 def _naming(where: str):
@@ -206,6 +227,9 @@ def _naming(where: str):
 def run_experiment(exp: Experiment, out: str | None = None, address: str | None = None) -> Path:
     """Run (or resume) every stage; returns the report's Markdown file."""
     from tdm_dist.learner.train import train
+    from tdm_dist.prederr import prediction_errors
+    from tdm_dist.prederr import print_table as print_prederr
+    from tdm_dist.prederr import write_results as write_prederr
     from tdm_dist.runtime.cluster import init_ray
     from tdm_dist.runtime.collect import collect
     from tdm_dist.sweep import print_table, run_sweep
@@ -223,7 +247,7 @@ def run_experiment(exp: Experiment, out: str | None = None, address: str | None 
             + [c.workers for c in collectors]
         ),
     )
-    stages = len(exp.data) + len(exp.models) + len(exp.sweeps)
+    stages = len(exp.data) + len(exp.models) + len(exp.sweeps) + len(exp.prederr)
     step = 0
 
     def stage(text: str) -> None:
@@ -254,16 +278,29 @@ def run_experiment(exp: Experiment, out: str | None = None, address: str | None 
         stage(f"sweep {key}: {', '.join(cfg.models)} on {cfg.base.env}, K in {cfg.samples}, N in {cfg.horizons}")
         swept[key] = run_sweep(cfg, address, progress=False)
         print_table(swept[key])
-    return write_report(exp, run, trained, swept, time.perf_counter() - start)
+
+    errors: dict[str, dict] = {}
+    for key, spec in exp.prederr.items():
+        cfg = exp.prederr_config(key, spec, run)
+        stored = Path(cfg.out) / "prederr.json"
+        stage(f"prederr {key}: {', '.join(cfg.models)} on {cfg.env}, {cfg.runs} runs of {cfg.horizon} steps")
+        if not stored.exists():
+            write_prederr(prediction_errors(cfg, progress=False), cfg.out)
+        errors[key] = json.loads(stored.read_text())
+        print_prederr(errors[key])
+    return write_report(exp, run, trained, swept, time.perf_counter() - start, errors)
 
 
 def _plain(value) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
 
 
-def write_report(exp: Experiment, run: Path, trained: dict, swept: dict, wall_s: float) -> Path:
-    """``run/report/README.md`` with the settings and tables, the sweeps' plots beside it."""
+def write_report(
+    exp: Experiment, run: Path, trained: dict, swept: dict, wall_s: float, errors: dict | None = None
+) -> Path:
+    """``run/report/README.md`` with the settings and tables, the sweeps' and prediction errors' plots beside it."""
     from tdm_dist.data import summarize
+    from tdm_dist.prederr import shown_horizons
 
     report = run / "report"
     report.mkdir(exist_ok=True)
@@ -281,15 +318,17 @@ def write_report(exp: Experiment, run: Path, trained: dict, swept: dict, wall_s:
         lines += [
             "## Models",
             "",
-            "| model | settings | steps | val NLL | unigram NLL |",
+            "| model | settings | steps | val loss | unigram NLL |",
             "| --- | --- | --- | --- | --- |",
         ]
         for key, model in exp.models.items():
             m = trained[key]
             settings = ", ".join(f"{k}={v}" for k, v in model.items())
-            lines.append(f"| {key} | {settings} | {m.get('step')} | {m.get('val/nll', float('nan')):.3f} | "
+            loss = m.get("val/loss", m.get("val/nll", float("nan")))
+            lines.append(f"| {key} | {settings} | {m.get('step')} | {loss:.3f} | "
                          f"{m.get('val/unigram_nll', float('nan')):.3f} |")  # fmt: skip
-        lines.append("")
+        lines += ["", "Val loss: the TDM's NLL per token; a baseline's own training loss (MSE of normalized targets, "
+                  "cross-entropy of tokens, or Gaussian NLL), not comparable across kinds.", ""]  # fmt: skip
     for key, rows in swept.items():
         sweep = exp.sweeps[key]
         shutil.copy(run / "sweeps" / key / "sweep.png", report / f"{key}.png")
@@ -302,13 +341,26 @@ def write_report(exp: Experiment, run: Path, trained: dict, swept: dict, wall_s:
                 f"{r['episodes']} |"
             )
         lines.append("")
+    for key, result in (errors or {}).items():
+        shutil.copy(run / "prederr" / key / "prederr.png", report / f"prederr_{key}.png")
+        s = result["settings"]
+        shown = shown_horizons(s["horizon"])
+        lines += [f"## Prediction errors `{key}`", "",
+                  f"RMS error of the predicted {', '.join(result['entries'])} against the simulator, median of "
+                  f"{s['runs']} runs from random initial states under the planner's action noise (β={s['beta']}, "
+                  f"variance {s['variance']}).", "", f"![prederr {key}](prederr_{key}.png)", "",
+                  "| model | " + " | ".join(f"N={h}" for h in shown) + " |",
+                  "| --- |" + " --- |" * len(shown)]  # fmt: skip
+        for name, m in result["models"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{m['median'][h - 1]:.4f}" for h in shown) + " |")
+        lines.append("")
     against = exp.report.get("against")
     if against:
         lines += _against_section(exp, swept, against, report)
     lines += [f"Wall time of this run: {wall_s:.0f} s (a stage finished by an earlier run is reused, not repeated)."]
     path = report / "README.md"
     path.write_text("\n".join(lines) + "\n")
-    (report / "results.json").write_text(json.dumps({"trained": trained, "sweeps": swept}, indent=1))
+    (report / "results.json").write_text(json.dumps({"trained": trained, "sweeps": swept, "prederr": errors}, indent=1))
     return path
 
 

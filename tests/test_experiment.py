@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tdm_dist.errors import ConfigError
-from tdm_dist.experiment import Experiment, run_experiment
+from tdm_dist.experiment import PIECES, Experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -40,6 +40,7 @@ TINY = {
                     "agents": 1,
                 },
             },
+            "prederr": {"e": {"env": "cartpole-swingup", "models": ["m"], "horizon": 3, "runs": 2}},
             "report": {"against": "context"},
         }
     },
@@ -63,14 +64,17 @@ def test_the_paper_experiments_are_all_there():
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 @pytest.mark.parametrize("scale", ["ci", "paper"])
-def test_every_experiment_loads_or_names_the_missing_piece(path, scale):
-    spec = yaml.safe_load(path.read_text())
-    if spec.get("needs"):  # the pieces of issue 6 do not exist yet
-        with pytest.raises(ConfigError, match=r"needs the .*\(.*issue 6\), which this version does not have yet"):
-            Experiment.load(path, scale)
-        return
+def test_every_experiment_loads(path, scale):
     experiment = Experiment.load(path, scale)
-    assert experiment.sweeps and experiment.scale == scale
+    assert (experiment.sweeps or experiment.prederr) and experiment.scale == scale
+
+
+def test_an_experiment_needing_a_missing_piece_names_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(PIECES, "teleport", (lambda: False, "a teleporter (issue 99)"))
+    with pytest.raises(ConfigError, match=r"experiment tiny needs a teleporter \(issue 99\), which this version"):
+        Experiment.load(write(tmp_path, {**TINY, "needs": ["teleport"]}))
+    with pytest.raises(ConfigError, match="unknown need 'warp'; expected one of baselines, prederr"):
+        Experiment.load(write(tmp_path, {**TINY, "needs": ["warp"]}))
 
 
 def test_bad_experiment_files_name_the_problem(tmp_path):
@@ -91,6 +95,9 @@ def test_bad_experiment_files_name_the_problem(tmp_path):
         (("sweeps", "s", "colour"), "red", "sweep 's'.*unexpected keyword argument 'colour'"),
         (("data", "d", "env"), "cartpole-swingupp", "did you mean cartpole-swingup"),
         (("report", "against"), "depth", "plots against 'depth', which not every model sets"),
+        (("prederr", "e", "models"), ["m", "rssm"], "prederr 'e' compares 'rssm', not a model of the experiment"),
+        (("prederr", "e", "runs"), 0, r"prederr 'e': runs must be an integer >= 1, got 0"),
+        (("models", "m", "model"), "mpl", "model 'm': unknown model 'mpl'; known: tdm, mlp"),
     ]
     for keys, value, message in cases:
         spec = json.loads(json.dumps(TINY))
@@ -110,13 +117,18 @@ def test_a_tiny_experiment_runs_end_to_end_and_resumes(ray_session, tmp_path, ca
     assert "| d | cartpole-swingup | 2 |" in text and "| m | data=d, preset=tiny, context=48" in text
     assert "| m | 4 | 2 |" in text and "| random | 4 | 2 |" in text  # the sweep's table
     assert "## Return against context" in text and "| s | 4 | 2 | 48 |" in text
-    assert {p.name for p in report.parent.iterdir()} == {"README.md", "results.json", "s.png", "context.png"}
+    assert "## Prediction errors `e`" in text and "| model | N=1 | N=3 |" in text
+    assert {p.name for p in report.parent.iterdir()} == {
+        "README.md", "results.json", "s.png", "context.png", "prederr_e.png"
+    }  # fmt: skip
     results = json.loads((report.parent / "results.json").read_text())
     assert results["trained"]["m"]["step"] == 4 and len(results["sweeps"]["s"]) == 2
+    assert len(results["prederr"]["e"]["models"]["m"]["median"]) == 3
     capsys.readouterr()
     run_experiment(experiment, out=str(tmp_path / "run"))  # every stage is reused
     out = capsys.readouterr().out
     assert "model m: reusing" in out and "Configuration for experiment" not in out  # no trial ran again
+    assert "prederr e: m on cartpole-swingup" in out
 
 
 def free_port() -> int:
