@@ -367,7 +367,10 @@ def _cmd_submit(args: argparse.Namespace) -> None:
 
     from tdm_dist.runtime.cluster import submit_experiment
 
-    runtime_env = yaml.safe_load(args.runtime_env) if args.runtime_env else None
+    try:
+        runtime_env = yaml.safe_load(args.runtime_env) if args.runtime_env else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--runtime-env is not valid YAML: {' '.join(str(e).split())}") from None
     if runtime_env is not None and not isinstance(runtime_env, dict):
         raise ConfigError(f"--runtime-env must be a YAML mapping, got {args.runtime_env!r}")
     try:

@@ -176,7 +176,7 @@ def ray_head():
 def test_submit_runs_an_experiment_as_a_ray_job(ray_head, tmp_path):
     address, env = ray_head
     spec = json.loads(json.dumps(TINY))
-    del spec["scales"]["ci"]["models"], spec["scales"]["ci"]["report"]
+    del spec["scales"]["ci"]["models"], spec["scales"]["ci"]["report"], spec["scales"]["ci"]["prederr"]
     spec["scales"]["ci"]["sweeps"]["s"]["models"] = ["ground-truth", "random"]
     out = tmp_path / "results"
     done = subprocess.run(
@@ -200,3 +200,10 @@ def test_submit_to_no_cluster_is_a_clear_error(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "tdm submit: error: cannot submit to http://127.0.0.1:" in done.stderr
+    bad_env = subprocess.run(
+        [sys.executable, "-m", "tdm_dist.cli", "submit", str(write(tmp_path, TINY)), "--address", "http://x:1",
+         "--runtime-env", "{pip: [unclosed"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad_env.returncode == 2 and "Traceback" not in bad_env.stderr
+    assert "tdm submit: error: --runtime-env is not valid YAML" in bad_env.stderr

@@ -46,6 +46,7 @@ def submit_experiment(
     when the head node shares this file system. Follows the job's logs when ``follow``; returns
     (job id, final status or "RUNNING").
     """
+    import asyncio
     import shlex
     import shutil
     import tempfile
@@ -92,13 +93,16 @@ def submit_experiment(
     print(f"submitted {spec.name} ({scale}) as Ray job {job_id}; results in {out} on the cluster", flush=True)
     if not follow:
         return job_id, "RUNNING"
-    shown = 0
-    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    while True:
+    asyncio.run(_print_logs(client, job_id))  # until the job ends
+    for _ in range(60):  # the log stream can close a moment before the status is final
         status = client.get_job_status(job_id)
-        logs = client.get_job_logs(job_id)
-        print(logs[shown:], end="", flush=True)
-        shown = len(logs)
-        if status in terminal:
-            return job_id, str(status.value)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
         time.sleep(1.0)
+    return job_id, str(status.value)
+
+
+async def _print_logs(client, job_id: str) -> None:
+    """Print a job's logs as they come (``tail_job_logs`` streams the new lines only), until the job ends."""
+    async for lines in client.tail_job_logs(job_id):
+        print(lines, end="", flush=True)
