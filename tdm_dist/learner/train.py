@@ -5,6 +5,11 @@ with warmup and cosine decay and gradient clipping, and every ``eval_every`` ste
 validation NLL and reports a checkpoint through ``ray.train.report``. A worker that dies is replaced
 (``FailureConfig``) and training continues from the last checkpoint; re-running the same command with
 the same ``--out`` resumes the run. ``finetune`` starts from a checkpoint's weights with its own schedule.
+
+``TrainConfig.model`` names a baseline of ``tdm_dist.baselines`` instead: the same loop then reads segments
+of one environment's episodes (``data.dataset.make_segment_datasets``) and minimizes the baseline's own loss,
+its normalization statistics fitted on the training episodes before the first step. Both kinds of model sit
+in an objective module whose ``forward`` returns the loss, so that DDP synchronizes their gradients alike.
 """
 
 from __future__ import annotations
