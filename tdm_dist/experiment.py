@@ -284,7 +284,7 @@ def run_experiment(exp: Experiment, out: str | None = None, address: str | None 
         cfg = exp.prederr_config(key, spec, run)
         stored = Path(cfg.out) / "prederr.json"
         stage(f"prederr {key}: {', '.join(cfg.models)} on {cfg.env}, {cfg.runs} runs of {cfg.horizon} steps")
-        if not stored.exists():
+        if not stored.exists() or json.loads(stored.read_text())["settings"] != dataclasses.asdict(cfg):
             write_prederr(prediction_errors(cfg, progress=False), cfg.out)
         errors[key] = json.loads(stored.read_text())
         print_prederr(errors[key])
@@ -325,8 +325,8 @@ def write_report(
             m = trained[key]
             settings = ", ".join(f"{k}={v}" for k, v in model.items())
             loss = m.get("val/loss", m.get("val/nll", float("nan")))
-            lines.append(f"| {key} | {settings} | {m.get('step')} | {loss:.3f} | "
-                         f"{m.get('val/unigram_nll', float('nan')):.3f} |")  # fmt: skip
+            unigram = f"{m['val/unigram_nll']:.3f}" if "val/unigram_nll" in m else "—"  # the TDM's only
+            lines.append(f"| {key} | {settings} | {m.get('step')} | {loss:.3f} | {unigram} |")
         lines += ["", "Val loss: the TDM's NLL per token; a baseline's own training loss (MSE of normalized targets, "
                   "cross-entropy of tokens, or Gaussian NLL), not comparable across kinds.", ""]  # fmt: skip
     for key, rows in swept.items():
