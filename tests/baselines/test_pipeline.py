@@ -83,6 +83,12 @@ def test_pets_trains_and_resumes_in_its_run_directory(episodes, tmp_path, ray_se
     assert (first["step"], second["step"]) == (12, 18) and second["model_kind"] == "pets"
     with pytest.raises(ConfigError, match="holds a run of a pets model, not a mlp"):  # another model: a new --out
         train(config(episodes, tmp_path / "pets", "mlp", workers=1))
+    # Fine-tuning starts from the weights and the normalization of the pretrained baseline.
+    tuned = train(config(episodes, tmp_path / "tuned", "pets", workers=1, steps=6, init_from=str(tmp_path / "pets")))
+    tuned = load_checkpoint(tuned["checkpoint"])
+    assert tuned["step"] == 6 and torch.equal(tuned["model"]["out_std"], second["model"]["out_std"])
+    with pytest.raises(ConfigError, match="holds a pets model, not a mlp"):
+        train(config(episodes, tmp_path / "other", "mlp", workers=1, init_from=str(tmp_path / "pets")))
 
 
 def test_a_baseline_refuses_a_dataset_of_several_environments(tmp_path):
