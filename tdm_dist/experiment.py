@@ -326,7 +326,7 @@ def write_report(
             settings = ", ".join(f"{k}={v}" for k, v in model.items())
             loss = m.get("val/loss", m.get("val/nll", float("nan")))
             unigram = f"{m['val/unigram_nll']:.3f}" if "val/unigram_nll" in m else "—"  # the TDM's only
-            lines.append(f"| {key} | {settings} | {m.get('step')} | {loss:.3f} | {unigram} |")
+            lines.append(f"| {key} | {settings} | {m.get('step')} | {loss:.4g} | {unigram} |")
         lines += ["", "Val loss: the TDM's NLL per token; a baseline's own training loss (MSE of normalized targets, "
                   "cross-entropy of tokens, or Gaussian NLL), not comparable across kinds.", ""]  # fmt: skip
     for key, rows in swept.items():
