@@ -225,9 +225,9 @@ def _train_config(args: argparse.Namespace, init_from: str | None = None):
     keys = ("model", "preset", "context", "steps", "batch_size", "lr", "warmup_steps", "workers", "eval_every", "seed")
     fields = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if init_from:  # fine-tuning goes on with the checkpoint's kind of model
-        from tdm_dist.learner.checkpoint import load_checkpoint
+        from tdm_dist.learner.checkpoint import checkpoint_kind
 
-        fields["model"] = load_checkpoint(init_from).get("model_kind", "tdm")
+        fields["model"] = checkpoint_kind(init_from)
     return TrainConfig(data=args.data, out=args.out, init_from=init_from, **fields)
 
 

@@ -82,7 +82,7 @@ def ground_truth(cfg: PredErrConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def predict(checkpoint: str, cfg: PredErrConfig, first: np.ndarray, actions: np.ndarray) -> np.ndarray:
     """A model's open-loop predictions of every run, from its initial observation: [R, N, n]."""
     from tdm_dist.baselines.model import imagine_many, load_baseline
-    from tdm_dist.learner.checkpoint import load_checkpoint, load_model, resolve_checkpoint
+    from tdm_dist.learner.checkpoint import load_checkpoint, load_model, model_kind, resolve_checkpoint
     from tdm_dist.runtime.evaluate import check_env_matches
 
     spec = envs.spec(cfg.env)
@@ -91,7 +91,7 @@ def predict(checkpoint: str, cfg: PredErrConfig, first: np.ndarray, actions: np.
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     histories = [History(o[None].astype(np.float32), np.zeros(1, np.float32), np.zeros((0, spec.act_dim), np.float32))
                  for o in first]  # fmt: skip
-    if payload.get("model_kind", "tdm") != "tdm":
+    if model_kind(payload) != "tdm":
         model = load_baseline(checkpoint, device)
         questions = [(PlanState(cfg.env, h), a[None], "auto") for h, a in zip(histories, actions, strict=True)]
         return np.stack([p.obs[0] for p in imagine_many(model, questions, seeded_generator(model.device, cfg.seed))])

@@ -72,15 +72,21 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return payload
 
 
+def model_kind(payload: dict) -> str:
+    """The kind of model a checkpoint's contents hold: "tdm" (also for checkpoints from before baselines
+    existed) or a baseline's name (``tdm_dist.baselines.NAMES``)."""
+    return payload.get("model_kind", "tdm")
+
+
 def checkpoint_kind(path: str | os.PathLike) -> str:
-    """The kind of model a checkpoint holds: "tdm" or a baseline's name (``tdm_dist.baselines.NAMES``)."""
-    return load_checkpoint(path).get("model_kind", "tdm")
+    """``model_kind`` of the checkpoint at ``path``."""
+    return model_kind(load_checkpoint(path))
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TDM:
     """The trained model of a checkpoint, in eval mode, on ``device``."""
     payload = load_checkpoint(path)
-    if payload.get("model_kind", "tdm") != "tdm":
+    if model_kind(payload) != "tdm":
         raise CheckpointError(
             f"{resolve_checkpoint(path)} holds the baseline model {payload['model_kind']!r}, not a TDM; "
             "tdm_dist.baselines.load_baseline loads it"

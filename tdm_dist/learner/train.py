@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from tdm_dist.errors import ConfigError, TdmError
-from tdm_dist.learner.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from tdm_dist.learner.checkpoint import load_checkpoint, model_kind, resolve_checkpoint, save_checkpoint
 from tdm_dist.model import TDM, TDMConfig, preset
 from tdm_dist.model.transformer import token_nll
 from tdm_dist.runtime.cluster import init_ray
@@ -289,7 +289,7 @@ def _check_resumable(out: Path, kind: str, model_config: dict) -> None:
     if not runs.is_dir() or not list(runs.rglob("model.pt")):
         return
     payload = load_checkpoint(runs)
-    saved, saved_kind = payload["model_config"], payload.get("model_kind", "tdm")
+    saved, saved_kind = payload["model_config"], model_kind(payload)
     if saved_kind != kind:
         raise ConfigError(f"{out} holds a run of a {saved_kind} model, not a {kind}; use a new --out")
     if saved != model_config:
@@ -357,8 +357,8 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
     if cfg.init_from:  # fine-tuning keeps the pretrained architecture
         cfg.init_from = str(resolve_checkpoint(cfg.init_from).resolve())
         pretrained = load_checkpoint(cfg.init_from)
-        if pretrained.get("model_kind", "tdm") != cfg.model:
-            raise ConfigError(f"{cfg.init_from} holds a {pretrained.get('model_kind', 'tdm')} model, not a {cfg.model}")
+        if model_kind(pretrained) != cfg.model:
+            raise ConfigError(f"{cfg.init_from} holds a {model_kind(pretrained)} model, not a {cfg.model}")
     validate_dataset(cfg.data)  # a corrupt file or bad episode stops here, naming it, before any work
     train_ids, val_ids = split_episodes(cfg.data, cfg.val_fraction, cfg.seed)
     if not train_ids or not val_ids:

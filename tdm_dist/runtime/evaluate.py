@@ -82,10 +82,10 @@ class EvalConfig:
             raise ConfigError(f"--prompt is for the TDM, not the {self.model} baseline")
         if not self.checkpoint:
             raise ConfigError(f"the {self.model} model needs a checkpoint (--ckpt)")
-        from tdm_dist.learner.checkpoint import load_checkpoint, resolve_checkpoint
+        from tdm_dist.learner.checkpoint import load_checkpoint, model_kind, resolve_checkpoint
 
         payload = load_checkpoint(self.checkpoint)
-        kind = payload.get("model_kind", "tdm")
+        kind = model_kind(payload)
         if kind != self.model:
             raise ConfigError(f"{resolve_checkpoint(self.checkpoint)} holds a {kind} model, not a {self.model}")
         check_env_matches(payload.get("env_specs") or {}, spec)

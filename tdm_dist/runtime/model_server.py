@@ -75,7 +75,7 @@ class ModelServer:
         threads: int | None = None,
         seed: int | None = None,
     ):
-        from tdm_dist.learner.checkpoint import load_checkpoint, load_model
+        from tdm_dist.learner.checkpoint import load_checkpoint, load_model, model_kind
 
         if max_batch < 1 or max_wait_ms < 0:
             raise ConfigError(f"max_batch must be >= 1 and max_wait_ms >= 0, got {max_batch} and {max_wait_ms}")
@@ -85,7 +85,7 @@ class ModelServer:
         threads = (threads or os.cpu_count() or 1) if device == "cpu" else torch.get_num_threads()
         self.checkpoint = str(checkpoint)
         payload = load_checkpoint(checkpoint)
-        self.kind, self.env_specs = payload.get("model_kind", "tdm"), payload.get("env_specs", {})
+        self.kind, self.env_specs = model_kind(payload), payload.get("env_specs", {})
         if self.kind == "tdm":
             self.model = load_model(checkpoint, device)
         else:
