@@ -158,3 +158,30 @@ def test_a_baseline_checkpoint_is_not_taken_for_a_tdm(tmp_path):
     save_checkpoint(tmp_path, build("mlp", 5, 1))
     with pytest.raises(CheckpointError, match="holds the baseline model 'mlp', not a TDM"):
         load_model(tmp_path)
+
+
+def test_the_70m_mlp_fits_a_small_slice_round_trips_and_plans(batch, tmp_path):
+    """The paper's large baseline: 70M parameters are slow to train here, so 32 transitions and 40 steps."""
+    torch.manual_seed(0)
+    model = build("mlp-tokin-delta-70m", 5, 1)
+    part = {k: v[:32] for k, v in batch.items()}
+    model.fit_normalization(part)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = model.loss(part)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], f"loss {losses[0]:.4g} -> {losses[-1]:.4g}"
+    del opt
+    model.eval()
+    save_checkpoint(tmp_path, model)
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["model_kind"] == "mlp-tokin-delta-70m"
+    loaded = load_baseline(tmp_path)
+    actions = part["act"][:4, None].expand(4, 3, 1)
+    for x, y in zip(model.rollout(part["obs"][:4], actions), loaded.rollout(part["obs"][:4], actions), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    out = BaselineModel(loaded, seed=0).imagine(PlanState(ENV, real_history()), np.zeros((4, 3, 1)))
+    assert out.rewards.shape == (4, 3) and out.obs.shape == (4, 3, 5) and np.all(np.isfinite(out.obs))
