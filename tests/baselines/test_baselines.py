@@ -20,15 +20,6 @@ ENV = "cartpole-swingup"
 TRAINED = [name for name in NAMES if name not in ("mlp-tokin-delta-70m", "rssm")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two cores shared with other jobs: several torch threads spin against each other (50x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def episode() -> dict:
     env = envs.make(ENV, seed=0)

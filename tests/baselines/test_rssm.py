@@ -21,15 +21,6 @@ ENV = "cartpole-swingup"
 SMALL = {"deter": 64, "stoch": 8, "classes": 8, "hidden": 64, "segment": 20}  # trains in seconds on one thread
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two cores shared with other jobs: several torch threads spin against each other (50x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def episode() -> dict[str, torch.Tensor]:
     env = envs.make(ENV, seed=0)
