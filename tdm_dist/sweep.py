@@ -206,7 +206,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, progress: bool = Tru
             "lower --agents or --concurrent"
         )
     pools = {
-        name: ModelServerPool.start(ckpt, b.servers, max_batch=b.max_batch, max_wait_ms=b.max_wait_ms)
+        name: ModelServerPool.start(ckpt, b.servers, seed=b.seed, max_batch=b.max_batch, max_wait_ms=b.max_wait_ms)
         for name, ckpt in learned.items()
     }
     # the trial itself needs next to nothing; each of its agents, with its EnvWorker, one CPU

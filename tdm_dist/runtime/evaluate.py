@@ -140,7 +140,9 @@ def evaluate(cfg: EvalConfig, address: str | None = None, progress: bool = True,
     init_ray(address, min_cpus=min(cfg.agents, cfg.episodes) + 1)
     own_pool = cfg.model in LEARNED and pool is None
     if own_pool:
-        pool = ModelServerPool.start(cfg.checkpoint, cfg.servers, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms)
+        pool = ModelServerPool.start(
+            cfg.checkpoint, cfg.servers, seed=cfg.seed, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms
+        )
     context = payload["model_config"].get("context", 1023) if payload else 1023  # a baseline has none
     agent_cfg = cfg.agent_config(context, prompt)
     Agent = remote_mpc_agent()

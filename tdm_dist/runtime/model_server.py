@@ -257,10 +257,13 @@ class ModelServerPool:
         self.servers = list(servers)
 
     @classmethod
-    def start(cls, checkpoint: str, count: int = 1, **server_options) -> ModelServerPool:
+    def start(cls, checkpoint: str, count: int = 1, seed: int | None = None, **server_options) -> ModelServerPool:
+        """``count`` servers of ``checkpoint``; with ``seed``, server i samples from seed + i (reproducible where
+        the batches are: with several agents, which requests share a batch depends on timing)."""
         actor_options = {k: server_options.pop(k) for k in ("num_cpus", "num_gpus") if k in server_options}
         Server = remote_model_server(**actor_options)
-        return cls([Server.remote(checkpoint, **server_options) for _ in range(count)])
+        seeds = [None if seed is None else seed + i for i in range(count)]
+        return cls([Server.remote(checkpoint, seed=s, **server_options) for s in seeds])
 
     def server_for(self, index: int):
         """The server that agent ``index`` uses: agents are spread round-robin."""

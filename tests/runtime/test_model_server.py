@@ -126,3 +126,22 @@ def test_pool_pins_clients_round_robin(checkpoint, ray_session):
     finally:
         for s in pool.servers:
             ray.kill(s)
+
+
+def test_a_seeded_pool_samples_reproducibly_and_each_server_from_its_own_stream(checkpoint, ray_session):
+    ray = ray_session
+    state = PlanState(ENV, histories([4], seed=5)[0])
+    actions = np.random.default_rng(2).uniform(-1, 1, size=(8, 5, 1)).astype(np.float32)
+
+    def sampled_obs(seed: int) -> list[np.ndarray]:
+        pool = ModelServerPool.start(str(checkpoint), count=2, seed=seed, num_cpus=0.5, num_gpus=0, max_wait_ms=0)
+        try:
+            return [pool.client(i, greedy=False).imagine(state, actions).obs for i in range(2)]
+        finally:
+            for s in pool.servers:
+                ray.kill(s)
+
+    first, again = sampled_obs(7), sampled_obs(7)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], first[1])  # server 1 samples from seed 8, not 7
