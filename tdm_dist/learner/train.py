@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -171,7 +172,8 @@ def _objective(config: dict, cfg: TrainConfig, rank: int) -> torch.nn.Module:
     from tdm_dist.baselines import rebuild
 
     model = rebuild(cfg.model, config["model_config"])
-    model.load_state_dict(config["initial_state"])  # fit_normalization's statistics, the same on every rank
+    for name, value in config["initial_state"].items():  # fit_normalization's statistics, the same on every rank
+        model.get_buffer(name).copy_(value)
     return _BaselineObjective(model, cfg.seed + rank)
 
 
@@ -208,7 +210,7 @@ def train_loop_per_worker(config: dict) -> None:
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
         if rank == 0:
-            print(f"resuming from the checkpoint of step {step}", flush=True)
+            _say(f"resuming from the checkpoint of step {step}")
 
     tb = None
     if rank == 0:
@@ -261,14 +263,19 @@ def train_loop_per_worker(config: dict) -> None:
                     if key != "step":
                         tb.add_scalar(key, value, step)
                 tb.flush()
-                print(
+                _say(
                     f"step {step}/{cfg.steps}  loss {metrics['train/loss']:.3f}  val loss {metrics['val/loss']:.3f}  "
-                    f"lr {metrics['train/lr']:.2e}  {metrics[f'perf/{objective.unit}_per_s']:.0f} {objective.unit}/s",
-                    flush=True,
+                    f"lr {metrics['train/lr']:.2e}  {metrics[f'perf/{objective.unit}_per_s']:.0f} {objective.unit}/s"
                 )
             ray.train.report(metrics, checkpoint=checkpoint)
     if tb is not None:
         tb.close()
+
+
+def _say(line: str) -> None:
+    """A progress line from a worker, on the process's own stdout, which Ray forwards to the driver. Ray Train's
+    patched ``print`` would show it twice there: written to the redirected stream and logged by the root logger."""
+    print(line, file=sys.__stdout__, flush=True)
 
 
 def _epochs_per_pass(summary: dict, cfg: TrainConfig, window_tokens: int) -> int:
@@ -395,7 +402,9 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
         loop_config["model_config"] = asdict(model.cfg)
         _check_resumable(Path(cfg.out), cfg.model, loop_config["model_config"])
         length = model.segment_length
-        loop_config["initial_state"] = {k: v for k, v in model.state_dict().items()}
+        # Only the buffers (the normalization statistics) travel: the weights start from the seed (DDP gives every
+        # rank rank 0's) or load from the checkpoint, and a 70M model's would cost 280 MB in every worker's config.
+        loop_config["initial_state"] = {name: value.clone() for name, value in model.named_buffers()}
         steps = sum(s["steps"] for s in summary.values()) * (1 - cfg.val_fraction)
         epochs = math.ceil(cfg.steps * cfg.batch_size * cfg.workers / max(1.0, steps // length))
         train_ds, val_ds = make_segment_datasets(cfg.data, length, cfg.val_fraction, cfg.seed, epochs)
