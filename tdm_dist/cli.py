@@ -158,7 +158,8 @@ def _cmd_smoke(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from tdm_dist.demo import DemoConfig, print_summary, run_demo
 
-    fields = {k: getattr(args, k) for k in ("out", "episodes", "steps", "seed", "train_steps", "data_episodes")}
+    names = ("out", "episodes", "steps", "seed", "train_steps", "data_episodes", "samples", "horizon", "replan_every")
+    fields = {k: getattr(args, k) for k in names}
     print_summary(run_demo(DemoConfig(**{k: v for k, v in fields.items() if v is not None}), address=args.address))
 
 
@@ -460,6 +461,8 @@ def _add_address(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tdm_dist.demo import DemoConfig
+
     parser = argparse.ArgumentParser(
         prog="tdm",
         description="Transformer dynamics models (Schubert et al. 2023) for model-predictive control, on Ray.",
@@ -495,11 +498,21 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="the main job: expert data -> tiny TDM -> MPC with the TDM vs ground truth vs random (~15 min, 2 CPUs)",
     )
-    p.add_argument("--out", default=None, help="output folder (default runs/demo); a re-run reuses data and model")
-    p.add_argument("--data-episodes", type=int, default=None, help="expert episodes to train on (default 16)")
-    p.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default 1200)")
-    p.add_argument("--episodes", type=int, default=None, help="evaluation episodes per model (default 4)")
-    p.add_argument("--steps", type=int, default=None, help="env steps per evaluation episode (default 400)")
+    demo = DemoConfig()  # its defaults, for the help
+    p.add_argument("--out", default=None, help=f"output folder (default {demo.out}); a re-run reuses data and model")
+    p.add_argument(
+        "--data-episodes", type=int, default=None, help=f"expert episodes to train on (default {demo.data_episodes})"
+    )
+    p.add_argument("--train-steps", type=int, default=None, help=f"optimizer steps (default {demo.train_steps})")
+    p.add_argument("--samples", "-K", type=int, default=None, help=f"planner samples K (default {demo.samples})")
+    p.add_argument("--horizon", "-N", type=int, default=None, help=f"planner horizon N (default {demo.horizon})")
+    p.add_argument(
+        "--replan-every", type=int, default=None, help=f"env steps between plans (default {demo.replan_every})"
+    )
+    p.add_argument(
+        "--episodes", type=int, default=None, help=f"evaluation episodes per model (default {demo.episodes})"
+    )
+    p.add_argument("--steps", type=int, default=None, help=f"env steps per evaluation episode (default {demo.steps})")
     p.add_argument("--seed", type=int, default=None)
     _add_address(p)
     p.set_defaults(func=_cmd_demo)

@@ -65,6 +65,21 @@ def test_bad_input_is_a_message_not_a_traceback():
     assert "unknown model preset 'huge'" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-N", "40"], "demo horizon 40 does not fit the TDM's context of 256 tokens; the longest horizon is 31"),
+        (["--replan-every", "0"], "replan_every must be an integer >= 1, got 0"),
+        (["--episodes", "0"], "demo episodes must be >= 1, got 0"),
+    ],
+)
+def test_demo_rejects_bad_settings_before_starting(tmp_path, args, message):
+    out = tdm("demo", "--out", str(tmp_path / "demo"), *args)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "demo").exists()
+
+
 def test_smoke_is_a_working_vertical_slice():
     """Real env -> tokens -> training -> KV-cache imagination, in a subprocess, with a small budget."""
     out = tdm("smoke", "--steps", "120")

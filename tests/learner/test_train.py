@@ -139,6 +139,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(episodes, tmp_path):
     story = "\n".join(line for line in output.splitlines() if re.search(r"RETRY|resuming|step \d+/|Error count", line))
     assert resumed and registered <= resumed[0] < 150, f"killed {pids[-1]} of {pids} after step {registered}:\n{story}"
     assert load_checkpoint(out / "model.pt")["step"] == 150
+    assert len(re.findall(r"step 150/150 ", output)) == 1  # a progress line reaches the driver once
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
