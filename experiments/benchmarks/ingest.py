@@ -92,6 +92,9 @@ def main() -> None:
     shard = train.streaming_split(1, equal=True)[0]
     ray_batches = shard.iter_torch_batches(batch_size=args.batch_size, drop_last=True)
     ray_rate = steps_per_second(ray_batches, model, opt, args.steps, args.warmup)
+    # Ray prints the raylet's warnings on the driver's stdout whenever they come (log_to_driver or not): after the
+    # shutdown none can land below the last line.
+    ray.shutdown()
 
     tokens_per_step = args.batch_size * args.context
     print(f"dataset {data}: {n} windows of {args.context} tokens ({cfg.epochs} epochs), batch {args.batch_size}, tiny")
