@@ -62,7 +62,7 @@ class DemoConfig:
 
 
 def run_demo(cfg: DemoConfig, address: str | None = None) -> dict:
-    from tdm_dist.learner.checkpoint import resolve_checkpoint
+    from tdm_dist.learner.checkpoint import load_checkpoint, resolve_checkpoint
     from tdm_dist.learner.train import TrainConfig, train
     from tdm_dist.planning.optimizers import PlannerConfig
     from tdm_dist.runtime.cluster import init_ray
@@ -74,6 +74,13 @@ def run_demo(cfg: DemoConfig, address: str | None = None) -> dict:
     start = time.perf_counter()
     out = Path(cfg.out)
     data, run = out / "data", out / "run"
+    if (run / "model.pt").exists():  # a re-run reuses the model: it must be one these settings can plan with
+        context = load_checkpoint(run / "model.pt")["model_config"]["context"]
+        if context != cfg.context:
+            raise ConfigError(
+                f"{run} holds a TDM with a context of {context} tokens from an earlier demo, this one trains "
+                f"{cfg.context}; delete {run} or use a new --out"
+            )
     init_ray(address, min_cpus=cfg.episodes + 1)
 
     print(f"[1/3] expert data: {cfg.data_episodes} ground-truth MPC episodes of {ENV} -> {data}")

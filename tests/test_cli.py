@@ -80,6 +80,17 @@ def test_demo_rejects_bad_settings_before_starting(tmp_path, args, message):
     assert not (tmp_path / "demo").exists()
 
 
+def test_demo_refuses_to_reuse_a_model_of_another_context(tmp_path):
+    from tdm_dist.learner.checkpoint import save_checkpoint
+    from tdm_dist.model import TDM, preset
+
+    save_checkpoint(tmp_path / "demo" / "run", TDM(preset("tiny", context=128)))
+    out = tdm("demo", "--out", str(tmp_path / "demo"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "holds a TDM with a context of 128 tokens from an earlier demo, this one trains 256" in out.stderr
+    assert not (tmp_path / "demo" / "data").exists()  # refused before collecting
+
+
 def test_smoke_is_a_working_vertical_slice():
     """Real env -> tokens -> training -> KV-cache imagination, in a subprocess, with a small budget."""
     out = tdm("smoke", "--steps", "120")
