@@ -42,16 +42,21 @@ class DemoConfig:
     steps: int = 400  # environment steps per evaluation episode (the budget; full episodes are 1000)
     seed: int = 0
 
+    def planner(self):
+        """The random-shooting settings every model is evaluated with (a ``PlannerConfig``)."""
+        from tdm_dist.planning.optimizers import PlannerConfig
+
+        return PlannerConfig(samples=self.samples, horizon=self.horizon, replan_every=self.replan_every)
+
     def check(self) -> None:
         """Raise ``ConfigError`` for settings the demo cannot run, before anything starts."""
         from tdm_dist import envs
-        from tdm_dist.planning.optimizers import PlannerConfig
         from tdm_dist.tokenizer import StepLayout
 
         for name in ("data_episodes", "train_steps", "batch_size", "episodes", "steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"demo {name} must be >= 1, got {getattr(self, name)}")
-        PlannerConfig(samples=self.samples, horizon=self.horizon, replan_every=self.replan_every)
+        self.planner()  # checks samples, horizon and replan_every
         spec = envs.spec(ENV)
         longest = StepLayout(spec.obs_dim, spec.act_dim).longest_horizon(self.context)
         if self.horizon > longest:
@@ -64,7 +69,6 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig, address: str | None = None) -> dict:
     from tdm_dist.learner.checkpoint import load_checkpoint, resolve_checkpoint
     from tdm_dist.learner.train import TrainConfig, train
-    from tdm_dist.planning.optimizers import PlannerConfig
     from tdm_dist.runtime.cluster import init_ray
     from tdm_dist.runtime.collect import CollectConfig, collect
     from tdm_dist.runtime.env_worker import ExpertConfig
@@ -115,7 +119,7 @@ def run_demo(cfg: DemoConfig, address: str | None = None) -> dict:
         checkpoint = trained["checkpoint"]
         print(f"      val nll {trained['val/nll']:.3f} (unigram baseline {trained['val/unigram_nll']:.3f})")
 
-    planner = PlannerConfig(samples=cfg.samples, horizon=cfg.horizon, replan_every=cfg.replan_every)
+    planner = cfg.planner()
     print(
         f"[3/3] evaluating MPC (random shooting K={cfg.samples}, N={cfg.horizon}, re-planning every "
         f"{cfg.replan_every} steps) over {cfg.episodes} episodes"

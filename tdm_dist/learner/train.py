@@ -402,8 +402,8 @@ def train(cfg: TrainConfig, address: str | None = None) -> dict:
         loop_config["model_config"] = asdict(model.cfg)
         _check_resumable(Path(cfg.out), cfg.model, loop_config["model_config"])
         length = model.segment_length
-        # Only the buffers (the normalization statistics) travel: the weights start from the seed (DDP gives every
-        # rank rank 0's) or load from the checkpoint, and a 70M model's would cost 280 MB in every worker's config.
+        # Only the buffers (the normalization statistics) travel: the weights start from the seed (DDP copies rank 0's
+        # to every rank) or load from the checkpoint, and a 70M model's would cost 280 MB in every worker's config.
         loop_config["initial_state"] = {name: value.clone() for name, value in model.named_buffers()}
         steps = sum(s["steps"] for s in summary.values()) * (1 - cfg.val_fraction)
         epochs = math.ceil(cfg.steps * cfg.batch_size * cfg.workers / max(1.0, steps // length))
