@@ -175,6 +175,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
         expert=ExpertConfig.parse(args.expert, action_noise=args.action_noise, planner=planner),
         workers=args.workers,
         seed=args.seed,
+        steps=args.steps,
     )
     result = collect(cfg, address=args.address)
     what = args.env if result["envs"] == 1 else f"each of {result['envs']} envs"
@@ -527,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action-noise", type=float, default=0.0, help="std of noise added to expert actions")
     p.add_argument("--samples", type=int, default=None, help="planner samples K (gt-mpc)")
     p.add_argument("--horizon", type=int, default=None, help="planner horizon N (gt-mpc)")
+    p.add_argument("--steps", type=int, default=None, help="env steps per episode (default: the whole episode)")
     p.add_argument("--workers", type=int, default=2, help="EnvWorker actors")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; episode i uses seed*1e6 + i")
     _add_address(p)

@@ -31,6 +31,8 @@ class CollectConfig:
     workers: int = 2  # EnvWorker actors collecting in parallel
     seed: int = 0  # dataset seed; episode i uses seed * 1_000_000 + i
     rows_per_file: int = 8  # episodes per Parquet file
+    steps: int | None = None  # env steps per episode (None: each env's whole episode); fewer spend the budget
+    # on the start of the task, a swing-up rather than the balancing that follows it
 
     @property
     def envs(self) -> list[str]:
@@ -42,6 +44,10 @@ class CollectConfig:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.steps is not None:
+            longest = min(envs.spec(name).episode_length for name in self.envs)
+            if not 1 <= self.steps <= longest:
+                raise ConfigError(f"--steps must be in [1, {longest}] (the episode length), got {self.steps}")
         if self.expert.kind == "rllib":
             from tdm_dist.runtime.rllib_expert import RLlibPolicy
 
@@ -88,7 +94,7 @@ def collect(cfg: CollectConfig, address: str | None = None, progress: bool = Tru
     with EpisodeWriter(cfg.out, rows_per_file=cfg.rows_per_file) as writer:
         episodes = pool.map_unordered(
             lambda worker, job: worker.collect_episode.remote(
-                job[1], episode_seed(cfg.seed, job[1]), cfg.expert, env=job[0]
+                job[1], episode_seed(cfg.seed, job[1]), cfg.expert, env=job[0], steps=cfg.steps
             ),
             todo,
         )

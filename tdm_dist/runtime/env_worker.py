@@ -80,9 +80,12 @@ class EnvWorker:
         finally:
             self.env.set_state(saved)
 
-    def collect_episode(self, episode_id: int, seed: int, expert: ExpertConfig, env: str | None = None) -> dict:
-        """Run one whole episode with the expert and return it as a dataset row (see ``tdm_dist.data``).
-        ``env``: play it in that environment (the worker switches to it and stays there)."""
+    def collect_episode(
+        self, episode_id: int, seed: int, expert: ExpertConfig, env: str | None = None, steps: int | None = None
+    ) -> dict:
+        """Run one episode with the expert and return it as a dataset row (see ``tdm_dist.data``).
+        ``env``: play it in that environment (the worker switches to it and stays there). ``steps``: stop after
+        that many steps (default: the whole episode)."""
         from tdm_dist.planning.ground_truth import GroundTruthExpert, expert_planner, random_policy, run_episode
 
         if env is not None and env != self.env.spec.name:
@@ -99,7 +102,7 @@ class EnvWorker:
             policy = RLlibPolicy(expert.checkpoint)
         else:
             raise ConfigError(f"unknown expert {expert.kind!r}; expected gt-mpc, random or rllib")
-        episode = run_episode(self.env, policy, seed)
+        episode = run_episode(self.env, policy, seed, steps=steps)
         return {
             "env": self.env.spec.name,
             "episode_id": int(episode_id),

@@ -21,7 +21,8 @@ CHEAP_MPC = {"samples": 8, "horizon": 10, "iterations": 1, "replan_every": 10}  
 
 def test_collect_writes_complete_episodes_and_resumes(tmp_path, ray_session):
     out = tmp_path / "data"
-    cfg = CollectConfig(env="cartpole-swingup", episodes=3, out=str(out), expert=ExpertConfig(kind="random"))
+    expert = ExpertConfig(kind="random")
+    cfg = CollectConfig(env="cartpole-swingup", episodes=3, out=str(out), expert=expert, steps=120)
     assert collect(cfg, progress=False)["collected"] == 3
     cfg.episodes = 5
     result = collect(cfg, progress=False)  # the same command with more episodes collects only the new ids
@@ -31,7 +32,7 @@ def test_collect_writes_complete_episodes_and_resumes(tmp_path, ray_session):
     assert collect(cfg, progress=False)["collected"] == 0
     episodes = {ep["episode_id"]: ep for ep in read_episodes(out)}
     ep = episodes[3]
-    assert ep["seed"] == episode_seed(0, 3) and ep["observations"].shape == (1001, 5)
+    assert ep["seed"] == episode_seed(0, 3) and ep["observations"].shape == (121, 5)  # --steps 120
     assert ep["rewards"][0] == 0 and ep["return"] == pytest.approx(ep["rewards"].sum(), rel=1e-5)
     assert not list(out.rglob("*.tmp"))
 
@@ -92,6 +93,9 @@ def test_bad_collect_settings_are_config_errors(tmp_path):
         CollectConfig(env="cartpole-swingupp", episodes=1, out=str(tmp_path)).check()
     with pytest.raises(ConfigError, match="--episodes"):
         CollectConfig(env="cartpole-swingup", episodes=0, out=str(tmp_path)).check()
+    for steps in (0, 1001):
+        with pytest.raises(ConfigError, match=r"--steps must be in \[1, 1000\] \(the episode length\), got"):
+            CollectConfig(env="cartpole-swingup", episodes=1, out=str(tmp_path), steps=steps).check()
     with pytest.raises(ConfigError, match="apply to the gt-mpc expert, not random"):
         CollectConfig("cartpole-swingup", 1, str(tmp_path), ExpertConfig(kind="random", action_noise=0.1)).check()
     with pytest.raises(ConfigError, match=r"elites .* must not exceed samples"):  # before any actor starts
