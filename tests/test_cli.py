@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tdm_dist.demo import DemoConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -182,6 +184,17 @@ def test_eval_of_a_text_file_is_a_checkpoint_error_not_a_traceback(cartpole_chec
     assert "Traceback" not in out.stderr and out.stdout == ""
     first = out.stderr.splitlines()[0]
     assert first.startswith(f"tdm eval: error: {cartpole_checkpoint / 'notes.txt'} is not a readable checkpoint")
+
+
+def test_eval_with_several_servers_finishes_on_a_local_instance(cartpole_checkpoint, tmp_path):
+    # Each ModelServer takes a CPU: a local instance sized for one server left the second pending for good.
+    args = ["--env", "cartpole-swingup", "--ckpt", str(cartpole_checkpoint / "ckpt"), "--servers", "3"]
+    out = tdm(
+        "eval", *args, "--episodes", "2", "--steps", "3", "-K", "4", "-N", "3", "--json", str(tmp_path / "r.json")
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert len(result["returns"]) == 2 and result["settings"]["servers"] == 3
 
 
 @pytest.mark.parametrize(

@@ -137,8 +137,11 @@ def evaluate(cfg: EvalConfig, address: str | None = None, progress: bool = True,
 
     payload = cfg.check()
     prompt = _read_prompt(cfg.prompt, cfg.env) if cfg.prompt else None
-    init_ray(address, min_cpus=min(cfg.agents, cfg.episodes) + 1)
     own_pool = cfg.model in LEARNED and pool is None
+    count = min(cfg.agents, cfg.episodes)
+    # A CPU per agent (the agent and its EnvWorker take half each) and per ModelServer: with fewer, a local
+    # instance would leave actors pending and the evaluation waiting for them forever.
+    init_ray(address, min_cpus=count + (cfg.servers if own_pool else 0))
     if own_pool:
         pool = ModelServerPool.start(
             cfg.checkpoint, cfg.servers, seed=cfg.seed, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms
@@ -146,7 +149,6 @@ def evaluate(cfg: EvalConfig, address: str | None = None, progress: bool = True,
     context = payload["model_config"].get("context", 1023) if payload else 1023  # a baseline has none
     agent_cfg = cfg.agent_config(context, prompt)
     Agent = remote_mpc_agent()
-    count = min(cfg.agents, cfg.episodes)
 
     def new_agent(i: int):
         return Agent.remote(agent_cfg, pool.server_for(i) if pool else None)
