@@ -83,7 +83,7 @@ class ModelServer:
         # Ray sets OMP_NUM_THREADS to the actor's CPUs; a CPU decode wants the cores there are. OpenMP's thread
         # count is per calling thread, so it is set in the decode thread itself (measured: 2x on 2 cores).
         threads = (threads or os.cpu_count() or 1) if device == "cpu" else torch.get_num_threads()
-        self.checkpoint = str(checkpoint)
+        self.checkpoint, self.threads = str(checkpoint), threads
         payload = load_checkpoint(checkpoint)
         self.kind, self.env_specs = model_kind(payload), payload.get("env_specs", {})
         if self.kind == "tdm":
@@ -116,6 +116,7 @@ class ModelServer:
             "checkpoint": self.checkpoint,
             "model": self.kind,
             "device": str(self.model.device),
+            "threads": self.threads,  # torch's threads for a decode
             "context": getattr(self.model.cfg, "context", None),  # a baseline has none
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "env_specs": self.env_specs,

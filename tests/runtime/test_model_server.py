@@ -3,6 +3,8 @@ what the in-process TDM answers, bad requests failing only their own caller, and
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +119,7 @@ def test_pool_pins_clients_round_robin(checkpoint, ray_session):
         assert clients[0].server != clients[1].server
         info = pool.describe()
         assert info["context"] == 128 and ENV in info["env_specs"]
+        assert info["threads"] == max(1, (os.cpu_count() or 1) // 2)  # two servers share the machine's cores
         # Each client's requests land on its own server: clients 0, 2, 4 -> server 0; 1, 3 -> server 1.
         h = histories([4], seed=5)[0]
         for c in clients:
