@@ -158,7 +158,8 @@ def _cmd_smoke(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from tdm_dist.demo import DemoConfig, print_summary, run_demo
 
-    names = ("out", "episodes", "steps", "seed", "train_steps", "data_episodes", "samples", "horizon", "replan_every")
+    names = ("out", "episodes", "steps", "seed", "train_steps", "data_episodes", "data_steps", "samples", "horizon")
+    names += ("replan_every",)
     fields = {k: getattr(args, k) for k in names}
     print_summary(run_demo(DemoConfig(**{k: v for k, v in fields.items() if v is not None}), address=args.address))
 
@@ -500,9 +501,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the main job: expert data -> tiny TDM -> MPC with the TDM vs ground truth vs random (~15 min, 2 CPUs)",
     )
     demo = DemoConfig()  # its defaults, for the help
-    p.add_argument("--out", default=None, help=f"output folder (default {demo.out}); a re-run reuses data and model")
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder (default {demo.out}); a re-run with the same data and training settings reuses its "
+        "data and model",
+    )
     p.add_argument(
         "--data-episodes", type=int, default=None, help=f"expert episodes to train on (default {demo.data_episodes})"
+    )
+    p.add_argument(
+        "--data-steps", type=int, default=None, help=f"env steps per expert episode (default {demo.data_steps})"
     )
     p.add_argument("--train-steps", type=int, default=None, help=f"optimizer steps (default {demo.train_steps})")
     p.add_argument("--samples", "-K", type=int, default=None, help=f"planner samples K (default {demo.samples})")

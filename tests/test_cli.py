@@ -73,6 +73,7 @@ def test_bad_input_is_a_message_not_a_traceback():
         (["-N", "40"], "demo horizon 40 does not fit the TDM's context of 256 tokens; the longest horizon is 31"),
         (["--replan-every", "0"], "replan_every must be an integer >= 1, got 0"),
         (["--episodes", "0"], "demo episodes must be >= 1, got 0"),
+        (["--data-steps", "1001"], "demo data_steps must be at most 1000 (the episode length)"),
     ],
 )
 def test_demo_rejects_bad_settings_before_starting(tmp_path, args, message):
@@ -82,15 +83,23 @@ def test_demo_rejects_bad_settings_before_starting(tmp_path, args, message):
     assert not (tmp_path / "demo").exists()
 
 
-def test_demo_refuses_to_reuse_a_model_of_another_context(tmp_path):
+def test_demo_refuses_a_folder_made_with_other_settings(tmp_path):
     from tdm_dist.learner.checkpoint import save_checkpoint
     from tdm_dist.model import TDM, preset
 
-    save_checkpoint(tmp_path / "demo" / "run", TDM(preset("tiny", context=128)))
-    out = tdm("demo", "--out", str(tmp_path / "demo"))
+    folder = tmp_path / "demo"
+    save_checkpoint(folder / "run", TDM(preset("tiny", context=128)))  # an earlier version's demo: no settings.json
+    out = tdm("demo", "--out", str(folder))
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "holds a TDM with a context of 128 tokens from an earlier demo, this one trains 256" in out.stderr
-    assert not (tmp_path / "demo" / "data").exists()  # refused before collecting
+    assert f"{folder} holds {folder / 'run'} of an earlier demo without settings.json" in out.stderr
+    assert not (folder / "data").exists()  # refused before collecting
+
+    settings = {k: getattr(DemoConfig(), k) for k in DemoConfig.BUILD}
+    (folder / "settings.json").write_text(json.dumps({**settings, "context": 128, "data_steps": 1000}))
+    out = tdm("demo", "--out", str(folder), "--data-steps", "300")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "with other settings (data_steps 1000 -> 300, context 128 -> 256); delete" in out.stderr
+    assert not (folder / "data").exists()
 
 
 def test_smoke_is_a_working_vertical_slice():

@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tdm_dist.data import read_episodes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_runs_every_stage_and_ends_with_the_machine_readable_line(tmp_path):
     args = ["--out", str(tmp_path / "demo"), "--data-episodes", "2", "--train-steps", "30", "--episodes", "2"]
-    args += ["--steps", "15"]
+    args += ["--data-steps", "60", "--steps", "15"]
     out = subprocess.run(
         [sys.executable, "-m", "tdm_dist.cli", "demo", *args], capture_output=True, text=True, timeout=900, cwd=ROOT
     )
@@ -27,6 +29,7 @@ def test_demo_runs_every_stage_and_ends_with_the_machine_readable_line(tmp_path)
         assert len(result["returns"]) == 2 and result["settings"]["steps"] == 15
         assert float(value) == round(result["mean_return"], 1)
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 0
+    assert [len(ep["actions"]) for ep in read_episodes(tmp_path / "demo" / "data")] == [60, 60]
     # A second run reuses the dataset and the trained model.
     again = subprocess.run(
         [sys.executable, "-m", "tdm_dist.cli", "demo", *args], capture_output=True, text=True, timeout=900, cwd=ROOT
