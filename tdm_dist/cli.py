@@ -158,8 +158,10 @@ def _cmd_smoke(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from tdm_dist.demo import DemoConfig, print_summary, run_demo
 
-    names = ("out", "episodes", "steps", "seed", "train_steps", "data_episodes", "data_steps", "samples", "horizon")
-    names += ("replan_every",)
+    names = (
+        *("out", "seed", "data_episodes", "data_steps", "train_steps"),
+        *("samples", "horizon", "replan_every", "episodes", "steps"),
+    )
     fields = {k: getattr(args, k) for k in names}
     print_summary(run_demo(DemoConfig(**{k: v for k, v in fields.items() if v is not None}), address=args.address))
 

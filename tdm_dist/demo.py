@@ -42,8 +42,8 @@ class DemoConfig:
     greedy: bool = True  # the TDM decodes its most likely tokens: with this little data, sampling noise swamps the
     # differences between candidates (measured: correlation with the true returns ~0.0 sampled, ~0.6 greedy)
     episodes: int = 4  # evaluation episodes per model
-    servers: int = 2  # ModelServers for the TDM (measured on 2 cores: two of one thread each step the agents 1.3x
-    # faster than one of two threads)
+    servers: int = 2  # ModelServers for the TDM. Measured on 2 cores, two of one thread each against one of two:
+    # 7.0 against 5.3 env steps/s over 100-step episodes, 5.8 against 5.4 over the demo's 400 (longer histories)
     steps: int = 400  # environment steps per evaluation episode (the budget; full episodes are 1000)
     seed: int = 0
 
