@@ -50,6 +50,10 @@ class DemoConfig:
     # The settings that make the dataset and the model: a re-run reuses both only if these are unchanged.
     BUILD = ("data_episodes", "data_steps", "action_noise", "train_steps", "batch_size", "lr", "context", "seed")
 
+    def build(self) -> dict:
+        """The BUILD settings, as ``settings.json`` records them."""
+        return {k: getattr(self, k) for k in self.BUILD}
+
     def planner(self):
         """The random-shooting settings every model is evaluated with (a ``PlannerConfig``)."""
         from tdm_dist.planning.optimizers import PlannerConfig
@@ -90,7 +94,7 @@ def run_demo(cfg: DemoConfig, address: str | None = None) -> dict:
     data, run = out / "data", out / "run"
     check_reuse(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / SETTINGS).write_text(json.dumps({k: getattr(cfg, k) for k in cfg.BUILD}, indent=2))
+    (out / SETTINGS).write_text(json.dumps(cfg.build(), indent=2))
     init_ray(address, min_cpus=cfg.episodes + cfg.servers)
 
     print(f"[1/3] expert data: {cfg.data_episodes} ground-truth MPC episodes of {ENV} -> {data}")
@@ -172,7 +176,7 @@ def check_reuse(cfg: DemoConfig, out: Path) -> None:
             f"{out} holds {' and '.join(str(p) for p in made)} of an earlier demo without {SETTINGS}; "
             f"delete {out} or use a new --out"
         ) from None
-    changed = [f"{k} {before.get(k)} -> {getattr(cfg, k)}" for k in cfg.BUILD if before.get(k) != getattr(cfg, k)]
+    changed = [f"{k} {before.get(k)} -> {now}" for k, now in cfg.build().items() if before.get(k) != now]
     if changed:
         raise ConfigError(
             f"{out} holds the data and model of a demo with other settings ({', '.join(changed)}); "

@@ -94,8 +94,7 @@ def test_demo_refuses_a_folder_made_with_other_settings(tmp_path):
     assert f"{folder} holds {folder / 'run'} of an earlier demo without settings.json" in out.stderr
     assert not (folder / "data").exists()  # refused before collecting
 
-    settings = {k: getattr(DemoConfig(), k) for k in DemoConfig.BUILD}
-    (folder / "settings.json").write_text(json.dumps({**settings, "context": 128, "data_steps": 1000}))
+    (folder / "settings.json").write_text(json.dumps({**DemoConfig().build(), "context": 128, "data_steps": 1000}))
     out = tdm("demo", "--out", str(folder), "--data-steps", "300")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "with other settings (data_steps 1000 -> 300, context 128 -> 256); delete" in out.stderr
