@@ -17,7 +17,7 @@ there are deprecated.
 
 A Ray Dataset re-executes its pipeline on every pass and so yields the same windows (and, with a seeded
 shuffle, the same order) each time; for fresh windows every epoch set ``epochs`` and make one pass, which
-then holds ``epochs`` epochs' windows.
+then holds ``epochs`` epochs' windows, epoch after epoch (one task per file and epoch).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from __future__ import annotations
 import math
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -154,10 +155,11 @@ def windows_from_table(
     keep: frozenset[EpisodeKey],
     window_tokens: int,
     seed: int,
-    epochs: int = 1,
+    epochs: int | Sequence[int] = 1,
     coverage: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """Tokenized windows of the episodes of ``table`` (``WINDOW_COLUMNS``) whose (env, id) is in ``keep``.
+    """Tokenized windows of the episodes of ``table`` (``WINDOW_COLUMNS``) whose (env, id) is in ``keep``, for
+    ``epochs`` (a count: epochs 0 to epochs - 1; or the epoch numbers), episode by episode.
 
     Returns ``tokens`` int64 [W, window_tokens], ``obs_dim`` and ``act_dim`` int64 [W].
     """
@@ -180,7 +182,7 @@ def windows_from_table(
         except DataError as e:
             raise DataError(f"episode {eid} of {env}: {e}") from None
         count = num_windows(seq.shape[0], window_tokens, coverage)
-        for epoch in range(epochs):
+        for epoch in _epoch_numbers(epochs):
             starts = sample_starts(T, layout, window_tokens, count, window_rng(seed, env, eid, epoch))
             tokens.append(cut_windows(seq, layout, starts, window_tokens))
             dims.append(np.broadcast_to(np.array([n, m], dtype=np.int64), (count, 2)))
@@ -205,13 +207,29 @@ def collate(batch: dict[str, np.ndarray], device: str | torch.device | None = No
     return {k: torch.as_tensor(np.asarray(batch[k]), dtype=torch.long, device=device) for k in _OUT}
 
 
-def _window_batches(table: pa.Table, **kwargs) -> Iterator[dict[str, np.ndarray]]:
-    """``windows_from_table`` for ``map_batches``, yielding nothing instead of an empty batch.
+def _epoch_numbers(epochs: int | Sequence[int]) -> Sequence[int]:
+    return range(epochs) if isinstance(epochs, int) else epochs
 
-    Ray 2.60 turns an empty [0, window_tokens] column into pickled Python objects instead of a tensor column.
+
+def _epoch_major(path: str | os.PathLike, envs: tuple[str, ...], epochs: int, cut, **kwargs) -> ray.data.Dataset:
+    """A Ray Dataset of ``cut(table, epochs=[epoch], **kwargs)`` for each file of ``path`` and each epoch, in
+    epoch-major order: a pass streams epoch 0 of every file, then epoch 1, and so on.
+
+    One task per (file, epoch) rather than per file: a file's task would hold every epoch of its episodes,
+    and training would then go through the data one file (a few episodes) after another, for many steps each.
     """
-    out = windows_from_table(table, **kwargs)
-    if len(out["tokens"]):
+    import ray.data
+
+    tasks = [{"file": str(f), "epoch": e} for e in range(epochs) for f in _files(path, envs)]
+    return ray.data.from_items(tasks).map_batches(_cut_task, batch_size=1, fn_kwargs={"cut": cut, **kwargs})
+
+
+def _cut_task(task: dict[str, np.ndarray], cut, **kwargs) -> Iterator[dict[str, np.ndarray]]:
+    """One (file, epoch) task of :func:`_epoch_major`, yielding nothing instead of an empty batch: Ray 2.60 turns
+    an empty [0, window_tokens] column into pickled Python objects instead of a tensor column."""
+    (file,), (epoch,) = task["file"], task["epoch"]
+    out = cut(read_table(Path(file), WINDOW_COLUMNS), epochs=[int(epoch)], **kwargs)
+    if out and len(next(iter(out.values()))):
         yield out
 
 
@@ -224,17 +242,15 @@ def make_datasets(cfg: DatasetConfig) -> tuple[ray.data.Dataset, ray.data.Datase
     train_ids, val_ids = split_episodes(cfg.path, cfg.val_fraction, cfg.seed, cfg.envs)
 
     def windows(keep: list[EpisodeKey], epochs: int):
-        return _read_episodes(cfg.path, cfg.envs).map_batches(
-            _window_batches,
-            batch_format="pyarrow",
-            batch_size=8,  # episodes per task call; a 1000-step episode makes ~30 windows of 1023 tokens
-            fn_kwargs={
-                "keep": frozenset(keep),
-                "window_tokens": cfg.window_tokens,
-                "seed": cfg.seed,
-                "epochs": epochs,
-                "coverage": cfg.window_coverage,
-            },
+        return _epoch_major(
+            cfg.path,
+            cfg.envs,
+            epochs,
+            windows_from_table,
+            keep=frozenset(keep),
+            window_tokens=cfg.window_tokens,
+            seed=cfg.seed,
+            coverage=cfg.window_coverage,
         )
 
     train = windows(train_ids, cfg.epochs)
@@ -243,23 +259,9 @@ def make_datasets(cfg: DatasetConfig) -> tuple[ray.data.Dataset, ray.data.Datase
     return train, windows(val_ids, 1)
 
 
-def _read_episodes(path: str | os.PathLike, envs: tuple[str, ...]) -> ray.data.Dataset:
-    """The episodes of ``path`` (of ``envs``, or every env) as a Ray Dataset of ``WINDOW_COLUMNS`` rows."""
-    import ray.data
-    from ray.data.datasource.partitioning import PathPartitionFilter
-
-    # One root path, not a list of files: Ray 2.60 resolves a list of paths in threads, which races on a
-    # failing `fsspec.implementations.http` import when aiohttp is absent (ImportError, now and then).
-    # The env partition only selects directories; env is also a column of every file (partitioning=None).
-    read_args = dict(partitioning=None, file_extensions=["parquet"])
-    if envs:
-        keep = set(envs)
-        read_args["partition_filter"] = PathPartitionFilter.of(filter_fn=lambda p: p.get("env") in keep, style="hive")
-    return ray.data.read_parquet(str(path), **read_args).select_columns(WINDOW_COLUMNS)  # pushed into the read
-
-
 def in_memory_windows(path: str | os.PathLike, cfg: DatasetConfig, split: str = "train") -> dict[str, torch.Tensor]:
-    """The windows ``make_datasets`` yields for ``split`` ("train" or "val"), built without Ray, unshuffled.
+    """The windows ``make_datasets`` yields for ``split`` ("train" or "val"), built without Ray, unshuffled, in
+    the pipeline's epoch-major order.
 
     ``path`` is read instead of ``cfg.path``; every other setting comes from ``cfg``.
 
@@ -270,8 +272,12 @@ def in_memory_windows(path: str | os.PathLike, cfg: DatasetConfig, split: str = 
     train_ids, val_ids = split_episodes(path, cfg.val_fraction, cfg.seed, cfg.envs)
     keep = frozenset(train_ids if split == "train" else val_ids)
     epochs = cfg.epochs if split == "train" else 1
-    args = (keep, cfg.window_tokens, cfg.seed, epochs, cfg.window_coverage)
-    parts = [windows_from_table(read_table(f, WINDOW_COLUMNS), *args) for f in _files(path, cfg.envs)]
+    tables = [read_table(f, WINDOW_COLUMNS) for f in _files(path, cfg.envs)]
+    parts = [
+        windows_from_table(table, keep, cfg.window_tokens, cfg.seed, [epoch], cfg.window_coverage)
+        for epoch in range(epochs)
+        for table in tables
+    ]
     return collate({k: np.concatenate([p[k] for p in parts]) for k in _OUT})
 
 
@@ -295,10 +301,15 @@ def cut_segments(obs: np.ndarray, act: np.ndarray, rew: np.ndarray, length: int,
 
 
 def segments_from_table(
-    table: pa.Table | pa.RecordBatch, keep: frozenset[EpisodeKey], length: int, seed: int, epochs: int = 1
+    table: pa.Table | pa.RecordBatch,
+    keep: frozenset[EpisodeKey],
+    length: int,
+    seed: int,
+    epochs: int | Sequence[int] = 1,
 ) -> dict[str, np.ndarray]:
     """Segments (``cut_segments``) of the episodes of ``table`` whose (env, id) is in ``keep``, for ``epochs``
-    epochs, each epoch from its own seeded offset in [0, length). All episodes must share one layout."""
+    (as in :func:`windows_from_table`), each epoch from its own seeded offset in [0, length). All episodes
+    must share one layout."""
     cols = {c: table.column(c).to_pylist() for c in ("env", "episode_id", "obs_dim", "act_dim", "steps")}
     lists = {c: list_column(table, c) for c in ("observations", "actions", "rewards")}
     parts: list[dict] = []
@@ -307,18 +318,12 @@ def segments_from_table(
             continue
         n, m, T = cols["obs_dim"][i], cols["act_dim"][i], cols["steps"][i]
         obs, act = lists["observations"][i].reshape(T + 1, n), lists["actions"][i].reshape(T, m)
-        for epoch in range(epochs):
+        for epoch in _epoch_numbers(epochs):
             offset = int(window_rng(seed, env, eid, epoch).integers(0, length)) if length > 1 else 0
             parts.append(cut_segments(obs, act, lists["rewards"][i], length, offset))
     if not parts:
         return {}
     return {k: np.concatenate([p[k] for p in parts]) for k in ("obs", "act", "reward")}
-
-
-def _segment_batches(table: pa.Table, **kwargs) -> Iterator[dict[str, np.ndarray]]:
-    out = segments_from_table(table, **kwargs)
-    if out and len(out["obs"]):  # as _window_batches: no empty batch
-        yield out
 
 
 def make_segment_datasets(
@@ -331,10 +336,7 @@ def make_segment_datasets(
     train_ids, val_ids = split_episodes(path, val_fraction, seed, envs)
 
     def segments(keep: list[EpisodeKey], epochs: int):
-        fn_kwargs = {"keep": frozenset(keep), "length": length, "seed": seed, "epochs": epochs}
-        return _read_episodes(path, envs).map_batches(
-            _segment_batches, batch_format="pyarrow", batch_size=8, fn_kwargs=fn_kwargs
-        )
+        return _epoch_major(path, envs, epochs, segments_from_table, keep=frozenset(keep), length=length, seed=seed)
 
     return segments(train_ids, epochs), segments(val_ids, 1)
 
@@ -345,7 +347,8 @@ def in_memory_segments(
     """The segments ``make_segment_datasets`` yields for ``split``, built without Ray."""
     train_ids, val_ids = split_episodes(path, val_fraction, seed)
     keep = frozenset(train_ids if split == "train" else val_ids)
-    parts = [segments_from_table(read_table(f, WINDOW_COLUMNS), keep, length, seed, epochs) for f in _files(path, ())]
+    tables = [read_table(f, WINDOW_COLUMNS) for f in _files(path, ())]
+    parts = [segments_from_table(table, keep, length, seed, [epoch]) for epoch in range(epochs) for table in tables]
     parts = [p for p in parts if p]
     if not parts:
         raise DataError(f"{path} has no {length}-step segment in its {split} episodes")

@@ -128,3 +128,23 @@ def test_ray_datasets_match_in_memory_windows_and_feed_the_model(ray_session, da
         DatasetConfig(path=str(dataset), window_tokens=128, val_fraction=0.0, envs=("walker-stand",), shuffle=False)
     )
     assert set(only_walker.take_batch(10_000)["obs_dim"].tolist()) == {24}
+
+
+def test_a_pass_streams_the_epochs_one_after_another(ray_session, dataset):
+    """Epoch 0 of every episode comes before epoch 1 of any: with a local shuffle buffer, training then mixes
+    windows of the whole dataset in every stretch of steps, not those of one file's episodes at a time."""
+    import ray.data
+
+    cfg = DatasetConfig(path=str(dataset), window_tokens=128, val_fraction=0.3, seed=5, epochs=3, shuffle=False)
+    options = ray.data.DataContext.get_current().execution_options
+    options.preserve_order = True  # the order of the tasks, which is what is tested; training does not wait for it
+    try:
+        train, _ = make_datasets(cfg)  # a Dataset keeps the DataContext of its creation
+        stream = {k: torch.from_numpy(v) for k, v in train.take_batch(100_000).items()}
+    finally:
+        options.preserve_order = False
+    memory = in_memory_windows(dataset, cfg)
+    assert all(torch.equal(stream[k], memory[k]) for k in memory)  # the same windows, in the same order
+    first = in_memory_windows(dataset, replace(cfg, epochs=1))
+    assert len(memory["tokens"]) == 3 * len(first["tokens"])
+    assert torch.equal(memory["tokens"][: len(first["tokens"])], first["tokens"])  # the first third: epoch 0, whole
