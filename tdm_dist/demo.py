@@ -72,12 +72,7 @@ class DemoConfig:
         spec = envs.spec(ENV)
         if self.data_steps > spec.episode_length:
             raise ConfigError(f"demo data_steps must be at most {spec.episode_length} (the episode length)")
-        longest = StepLayout(spec.obs_dim, spec.act_dim).longest_horizon(self.context)
-        if self.horizon > longest:
-            raise ConfigError(
-                f"demo horizon {self.horizon} does not fit the TDM's context of {self.context} tokens; "
-                f"the longest horizon is {longest}"
-            )
+        StepLayout(spec.obs_dim, spec.act_dim).check_horizon(self.horizon, self.context, "the demo's TDM")
 
 
 def run_demo(cfg: DemoConfig, address: str | None = None) -> dict:

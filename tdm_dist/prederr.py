@@ -82,7 +82,7 @@ def ground_truth(cfg: PredErrConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def predict(checkpoint: str, cfg: PredErrConfig, first: np.ndarray, actions: np.ndarray) -> np.ndarray:
     """A model's open-loop predictions of every run, from its initial observation: [R, N, n]."""
     from tdm_dist.baselines.model import imagine_many, load_baseline
-    from tdm_dist.learner.checkpoint import load_checkpoint, load_model, model_kind, resolve_checkpoint
+    from tdm_dist.learner.checkpoint import load_checkpoint, load_model, model_kind
     from tdm_dist.runtime.evaluate import check_env_matches
 
     spec = envs.spec(cfg.env)
@@ -96,12 +96,7 @@ def predict(checkpoint: str, cfg: PredErrConfig, first: np.ndarray, actions: np.
         questions = [(PlanState(cfg.env, h), a[None], "auto") for h, a in zip(histories, actions, strict=True)]
         return np.stack([p.obs[0] for p in imagine_many(model, questions, seeded_generator(model.device, cfg.seed))])
     model = load_model(checkpoint, device)
-    longest = StepLayout(spec.obs_dim, spec.act_dim).longest_horizon(model.cfg.context)
-    if cfg.horizon > longest:
-        raise ConfigError(
-            f"horizon {cfg.horizon} does not fit the context of the TDM {resolve_checkpoint(checkpoint)} "
-            f"({model.cfg.context} tokens); its longest horizon on {cfg.env} is {longest}"
-        )
+    StepLayout(spec.obs_dim, spec.act_dim).check_horizon(cfg.horizon, model.cfg.context, f"the TDM {checkpoint}")
     fn = reward_function(cfg.env)  # rewards from the predicted observations where they can be: nothing to decode
     with torch.no_grad():
         out = model.imagine_batch(

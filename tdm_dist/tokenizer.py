@@ -122,6 +122,15 @@ class StepLayout:
         """The most imagined timesteps that fit in ``context`` tokens after the current ``o_t, r_t``."""
         return (context - self.obs_dim - 1) // self.tokens_per_step
 
+    def check_horizon(self, horizon: int, context: int, of: str = "the model") -> None:
+        """``ConfigError`` when ``horizon`` imagined steps do not fit in ``context`` tokens (the context ``of``)."""
+        longest = self.longest_horizon(context)
+        if horizon > longest:
+            raise ConfigError(
+                f"horizon {horizon} does not fit the context of {of} ({context} tokens, {self.tokens_per_step} per "
+                f"step after the current observation); the longest horizon is {longest}"
+            )
+
     @property
     def reward_index(self) -> int:
         return self.obs_dim

@@ -70,7 +70,11 @@ def test_bad_input_is_a_message_not_a_traceback():
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["-N", "40"], "demo horizon 40 does not fit the TDM's context of 256 tokens; the longest horizon is 31"),
+        (
+            ["-N", "40"],
+            "horizon 40 does not fit the context of the demo's TDM (256 tokens, 8 per step after the current "
+            "observation); the longest horizon is 31",
+        ),
         (["--replan-every", "0"], "replan_every must be an integer >= 1, got 0"),
         (["--episodes", "0"], "demo episodes must be >= 1, got 0"),
         (["--data-steps", "1001"], "demo data_steps must be at most 1000 (the episode length)"),

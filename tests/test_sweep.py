@@ -44,7 +44,7 @@ def test_bad_sweep_settings_fail_before_ray_starts(tmp_path, checkpoint):
         ({"samples": []}, "samples must be integers >= 1"),
         ({"search": "bayes"}, "unknown search 'bayes'"),
         ({"search": "optuna"}, "tunes the planner of one model, got 2"),
-        ({"horizons": [5, 40]}, "horizon 40 does not fit the model's context"),  # checked at the longest N
+        ({"horizons": [5, 40]}, "horizon 40 does not fit the context of the model"),  # checked at the longest N
     ]:
         with pytest.raises(ConfigError, match=message):
             small(tmp_path, {"tdm": checkpoint, "random": None}, **changes).check()

@@ -343,12 +343,7 @@ class TDM(nn.Module):
             raise ConfigError(f"reward_fns must give all {B} requests a reward function, or none")
         decode_rewards = reward_fns[0] is None
         imagined_tokens = N * layout.tokens_per_step
-        if layout.longest_horizon(self.cfg.context) < N:
-            raise ConfigError(
-                f"a horizon of {N} steps ({layout.tokens_per_step} tokens each) and the current observation do not "
-                f"fit the model's context of {self.cfg.context} tokens; "
-                f"the longest horizon is {layout.longest_horizon(self.cfg.context)}"
-            )
+        layout.check_horizon(N, self.cfg.context)
         prefixes = [torch.as_tensor(h.tokens(self.cfg.context - imagined_tokens)).long() for h in histories]
         if naive and B != 1:
             raise ConfigError("the naive decoder takes one history")

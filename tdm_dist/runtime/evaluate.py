@@ -91,14 +91,8 @@ class EvalConfig:
         check_env_matches(payload.get("env_specs") or {}, spec)
         reward_function(self.env, self.objective)
         if self.policy == "mpc" and kind == "tdm":
-            layout = StepLayout(spec.obs_dim, spec.act_dim)
             context = payload["model_config"]["context"]
-            longest = layout.longest_horizon(context)
-            if self.planner.horizon > longest:
-                raise ConfigError(
-                    f"horizon {self.planner.horizon} does not fit the model's context of {context} tokens with "
-                    f"{self.env}'s {layout.tokens_per_step} tokens per step; the longest horizon is {longest}"
-                )
+            StepLayout(spec.obs_dim, spec.act_dim).check_horizon(self.planner.horizon, context)
         return payload
 
 

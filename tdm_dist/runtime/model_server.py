@@ -147,9 +147,7 @@ class ModelServer:
             raise ConfigError(f"actions (or noise) must be [K >= 1, N >= 1, {layout.act_dim}], got {shape}")
         if self.kind != "tdm":
             return
-        N, longest = given.shape[1], layout.longest_horizon(self.model.cfg.context)
-        if longest < N:
-            raise ConfigError(f"horizon {N} does not fit the model's context; the longest horizon is {longest}")
+        layout.check_horizon(given.shape[1], self.model.cfg.context)
 
     async def _submit(self, request: Request):
         if self.queue is None:
