@@ -90,8 +90,10 @@ def main() -> None:
 
     train, _ = make_datasets(cfg)
     shard = train.streaming_split(1, equal=True)[0]
-    ray_batches = shard.iter_torch_batches(batch_size=args.batch_size, drop_last=True)
+    ray_batches = iter(shard.iter_torch_batches(batch_size=args.batch_size, drop_last=True))
     ray_rate = steps_per_second(ray_batches, model, opt, args.steps, args.warmup)
+    for _ in ray_batches:  # the rest of the pass, untimed: a pass left open keeps running in threads that outlive
+        pass  # ray.shutdown(), and the process then exits with status 1 before printing
     # Ray prints the raylet's warnings on the driver's stdout whenever they come (log_to_driver or not): after the
     # shutdown none can land below the last line.
     ray.shutdown()

@@ -130,7 +130,8 @@ def test_history_longer_than_the_window_is_truncated_to_whole_timesteps():
 
 def test_horizon_that_cannot_fit_the_window_is_an_error():
     model = make_model(context=32)
-    with pytest.raises(ConfigError, match=r"horizon of 5 steps.*context of 32 tokens; the longest horizon is 3"):
+    message = r"horizon 5 does not fit the context of the model \(32 tokens.*the longest horizon is 3"
+    with pytest.raises(ConfigError, match=message):
         model.imagine(make_history(3, 4, 2), torch.zeros(2, 5, 2))
 
 
