@@ -224,3 +224,32 @@ def test_sweep_rejects_bad_settings_before_starting_ray(cartpole_checkpoint, tmp
     out = tdm("sweep", "--env", "cartpole-swingup", "--out", str(tmp_path), *[a.format(root=root) for a in args])
     assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == ""
     assert re.search(message, out.stderr.strip().splitlines()[-1]), out.stderr
+
+
+def test_the_one_gpu_script_trains_and_sweeps_in_one_process_without_ray(tmp_path):
+    """experiments/one_gpu_sweep.py (the GPU machines have no Ray): a model trained in process, then MPC episodes
+    through a LocalModelServer at each N, with the results written as it goes."""
+    from tdm_dist.data import EpisodeWriter
+    from tdm_dist.learner.checkpoint import load_model
+    from tests.data.conftest import synthetic_episode
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    with EpisodeWriter(data) as w:
+        w.write(synthetic_episode("cartpole-swingup", i, steps=60) for i in range(6))
+    args = ["--data", data, "--out", out, "--context", 64, "--batch-size", 4, "--epochs", 2, "--train-seconds", 3]
+    args += ["--samples", 4, "--horizons", "2,3", "--replan-every", 2, "--episodes", 3, "--agents", 2, "--steps", 5]
+    run = subprocess.run(
+        [sys.executable, "experiments/one_gpu_sweep.py", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr
+    assert re.fullmatch(r"best N=[23] tdm=-?\d+\.\d", run.stdout.strip().splitlines()[-1])
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [r["horizon"] for r in sweep["results"]] == [2, 3]
+    assert all(len(r["returns"]) == 3 and r["server"]["requests"] > 0 for r in sweep["results"])
+    trained = json.loads((out / "train.json").read_text())
+    assert trained["best_val_nll"] == min(p["val_nll"] for p in trained["curve"])
+    assert load_model(out / "model.pt").cfg.context == 64

@@ -58,18 +58,22 @@ class EnvStateLost(RuntimeError):
 
 
 class MPCAgent:
-    """One agent: an episode at a time, against its own EnvWorker actor."""
+    """One agent: an episode at a time, against its own EnvWorker (an actor, or one in this process)."""
 
-    def __init__(self, cfg: AgentConfig, server=None, worker_options: dict | None = None):
+    def __init__(self, cfg: AgentConfig, server=None, worker_options: dict | None = None, worker=None):
+        """``server``: a ModelServer actor, or a ``LocalModelServer`` in this process. ``worker``: an ``EnvWorker``
+        in this process to play against instead of an actor of its own (one machine without Ray)."""
         from tdm_dist.runtime.model_server import ServedModel
 
         cfg.check()
         self.cfg, self.spec = cfg, envs.spec(cfg.env)
-        # A crashed worker comes back (max_restarts) and calls to it wait for the new instance (max_task_retries);
-        # the episode in flight fails there (EnvWorker.step's check: the new env is not this episode's) and the
-        # evaluation reruns it from its seed.
-        options = {"num_cpus": 0.5, "max_restarts": -1, "max_task_retries": -1, **(worker_options or {})}
-        self.worker = remote_env_worker(**options).remote(cfg.env)
+        if worker is None:
+            # A crashed worker comes back (max_restarts) and calls to it wait for the new instance
+            # (max_task_retries); the episode in flight fails there (EnvWorker.step's check: the new env is not
+            # this episode's) and the evaluation reruns it from its seed.
+            options = {"num_cpus": 0.5, "max_restarts": -1, "max_task_retries": -1, **(worker_options or {})}
+            worker = remote_env_worker(**options).remote(cfg.env)
+        self.worker = worker
         if cfg.model in LEARNED:
             if server is None:
                 raise ConfigError(f"an agent of the {cfg.model} model needs a ModelServer")
@@ -85,8 +89,6 @@ class MPCAgent:
 
     def run_episode(self, episode: int, seed: int) -> dict:
         """Play one episode from ``seed`` -> {episode, seed, return, steps, wall_s, plan_s}."""
-        import ray
-
         cfg, spec = self.cfg, self.spec
         steps = cfg.steps or spec.episode_length
         n, m = spec.obs_dim, spec.act_dim
@@ -99,7 +101,7 @@ class MPCAgent:
         planner = MPCPlanner(cfg.planner.replace(seed=seed), m)
         rng = np.random.default_rng([seed, 2])
         start, plan_s, self.done_steps = time.perf_counter(), 0.0, 0
-        observations[0] = ray.get(self.worker.reset.remote(seed))
+        observations[0] = call(self.worker.reset, seed)
         for t in range(steps):
             tick = time.perf_counter()
             if self.model is None:
@@ -111,7 +113,7 @@ class MPCAgent:
                 else:
                     action = planner.plan(ModelObjective(self.model, state))
             plan_s += time.perf_counter() - tick
-            obs, reward, _ = ray.get(self.worker.step.remote(action, t))
+            obs, reward, _ = call(self.worker.step, action, t)
             observations[t + 1], rewards[t + 1], actions[t] = obs, reward, action
             self.done_steps = t + 1
         return {
@@ -122,6 +124,15 @@ class MPCAgent:
             "wall_s": time.perf_counter() - start,
             "plan_s": plan_s,
         }
+
+
+def call(method, *args, **kwargs):
+    """``method(*args, **kwargs)`` of an object in this process, or of a Ray actor (its result, waited for)."""
+    if hasattr(method, "remote"):
+        import ray
+
+        return ray.get(method.remote(*args, **kwargs))
+    return method(*args, **kwargs)
 
 
 def _prompt_arrays(prompt: dict | None, n: int, m: int):

@@ -306,6 +306,43 @@ class ServedModel:
         return self._call("act", Request("act", state.env, state.history, samples=samples, greedy=greedy))
 
     def _call(self, method: str, request: Request):
-        import ray
+        from tdm_dist.runtime.agent import call
 
-        return ray.get(getattr(self.server, method).remote(request))
+        return call(getattr(self.server, method), request)
+
+
+class LocalModelServer:
+    """A ModelServer in this process, for one machine without a Ray runtime: its batching loop runs on an event
+    loop of its own thread, and ``imagine``/``act`` block the calling thread (one per agent) until the merged
+    decode that holds its request is done. ``ServedModel`` and ``MPCAgent`` take it in place of the actor."""
+
+    def __init__(self, checkpoint: str, **server_options):
+        import threading
+
+        self.server = ModelServer(checkpoint, **server_options)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="model-server", daemon=True)
+        self.thread.start()
+
+    def imagine(self, request: Request) -> Prediction:
+        return asyncio.run_coroutine_threadsafe(self.server.imagine(request), self.loop).result()
+
+    def act(self, request: Request) -> np.ndarray:
+        return asyncio.run_coroutine_threadsafe(self.server.act(request), self.loop).result()
+
+    def describe(self) -> dict:
+        return self.server.describe()
+
+    def close(self) -> None:
+        """Stop the batching loop and its thread (requests still waiting fail with ``CancelledError``)."""
+
+        async def cancel_all() -> None:
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+        self.server.executor.shutdown()

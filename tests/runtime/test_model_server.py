@@ -148,3 +148,51 @@ def test_a_seeded_pool_samples_reproducibly_and_each_server_from_its_own_stream(
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[0], first[1])  # server 1 samples from seed 8, not 7
+
+
+def test_a_local_server_merges_threads_requests_and_answers_as_the_in_process_model(checkpoint):
+    """``LocalModelServer``: the same batching on a thread of this process, for one machine without Ray."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tdm_dist.runtime.model_server import LocalModelServer
+
+    server = LocalModelServer(str(checkpoint), max_batch=4, max_wait_ms=500, seed=0)
+    try:
+        hs = histories([2, 6, 11, 30])
+        actions = [np.random.default_rng(i).uniform(-1, 1, size=(3, 4, 1)).astype(np.float32) for i in range(4)]
+        clients = [ServedModel(server, greedy=True) for _ in hs]
+        with ThreadPoolExecutor(4) as pool:  # four agents asking at once
+            results = list(pool.map(lambda i: clients[i].imagine(PlanState(ENV, hs[i]), actions[i]), range(4)))
+        stats = server.describe()["stats"]
+        assert stats["requests"] == 4 and stats["batches"] < 4, stats  # merged
+        model = load_model(checkpoint)
+        for h, a, got in zip(hs, actions, results, strict=True):
+            want = model.imagine(h, torch.as_tensor(a), reward_fn=envs.reward_fn(ENV), greedy=True)
+            np.testing.assert_allclose(got.obs, want.obs.double().numpy(), atol=1e-5)
+            np.testing.assert_allclose(got.rewards, want.rewards.double().numpy(), atol=1e-5)
+        with pytest.raises(ConfigError, match="horizon 16 does not fit"):  # a bad request fails its caller
+            clients[0].imagine(PlanState(ENV, hs[0]), np.zeros((2, 16, 1), np.float32))
+    finally:
+        server.close()
+    assert not server.thread.is_alive()
+
+
+def test_an_agent_plays_in_process_against_its_own_env_worker_through_a_local_server(checkpoint):
+    from tdm_dist.planning.optimizers import PlannerConfig
+    from tdm_dist.runtime.agent import AgentConfig, MPCAgent
+    from tdm_dist.runtime.env_worker import EnvWorker
+    from tdm_dist.runtime.model_server import LocalModelServer
+
+    server = LocalModelServer(str(checkpoint), max_batch=1, max_wait_ms=0, seed=0)
+    try:
+        planner = PlannerConfig(samples=4, horizon=3, replan_every=2)
+        agent = MPCAgent(
+            AgentConfig(ENV, planner=planner, greedy=True, steps=7, context=128), server, worker=EnvWorker(ENV)
+        )
+        result = agent.run_episode(0, seed=5)
+        again = MPCAgent(agent.cfg, server, worker=EnvWorker(ENV)).run_episode(0, seed=5)
+        assert result["steps"] == 7 and np.isfinite(result["return"])
+        assert server.describe()["stats"]["requests"] == 2 * 4  # a plan at steps 0, 2, 4, 6 of each episode
+        assert again["return"] == result["return"]  # greedy decode, seeded planner: the same episode
+    finally:
+        server.close()

@@ -1,0 +1,252 @@
+"""Train a TDM and sweep TDM-MPC over the horizon N on one GPU machine, in one process, without Ray.
+
+The GPU machines this project borrows for its checks have PyTorch and a GPU but no Ray (and nothing can be
+installed there from the network), so this script runs the project's own parts in process:
+
+- training: the learner's windows (``in_memory_windows``: the Ray Data pipeline's windows, built without Ray),
+  its loss, AdamW settings, warmup-and-cosine schedule and checkpoint format; one process instead of Ray Train.
+  The schedule is sized to ``--train-seconds``: the step rate of the first steps sets the number of steps.
+  The checkpoint kept is the one of the lowest validation NLL.
+- evaluation: ``MPCAgent`` episodes on threads, each against its own in-process ``EnvWorker``, planning through
+  one ``LocalModelServer`` (the ModelServer's batching and decode, its loop on a thread); episode ``i`` starts
+  from the seed ``tdm eval --seed S`` gives it, so ``tdm sweep --models ground-truth,random`` at the same
+  settings plays the same initial states.
+
+On a Ray runtime the same work is ``tdm train`` and ``tdm sweep``. Example (issue 4's K=128 sweep)::
+
+    python experiments/one_gpu_sweep.py --data data/k128 --out runs/k128 --train-seconds 150 \\
+        --samples 128 --horizons 5,10,25,50,100 --replan-every 2 --episodes 4 --steps 400
+
+Writes ``OUT/model.pt``, ``OUT/train.json`` (the validation curve) and ``OUT/sweep.json`` (per N: mean return,
+68% CI, per-episode returns, env steps/s), each as soon as it is known; one line per N on stdout, last
+``best N=<n> tdm=<mean return>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from tdm_dist.data import DatasetConfig, in_memory_windows
+from tdm_dist.data.episodes import read_specs
+from tdm_dist.learner.checkpoint import save_checkpoint
+from tdm_dist.learner.train import TrainConfig, _TDMObjective, lr_factor
+from tdm_dist.model import TDM
+from tdm_dist.planning.optimizers import PlannerConfig
+from tdm_dist.runtime.agent import AgentConfig, MPCAgent
+from tdm_dist.runtime.collect import episode_seed
+from tdm_dist.runtime.env_worker import EnvWorker
+from tdm_dist.runtime.evaluate import summarize
+from tdm_dist.runtime.model_server import LocalModelServer
+
+RATE_STEPS = 40  # steps (after 5 untimed) whose rate sizes the schedule to --train-seconds
+
+
+def train(args, device: str) -> Path:
+    """Fit a TDM to ``args.data`` for about ``args.train_seconds``; -> the checkpoint of its best validation NLL."""
+    cfg = TrainConfig(
+        data=args.data,
+        out=args.out,
+        preset=args.preset,
+        context=args.context,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup,
+        dropout=args.dropout,
+        workers=1,
+        seed=args.seed,
+        steps=10**9,
+    )
+    cfg.check()
+    torch.manual_seed(cfg.seed)
+    data = DatasetConfig(
+        path=args.data, window_tokens=args.context, val_fraction=cfg.val_fraction, seed=cfg.seed, epochs=args.epochs
+    )
+    tic = time.perf_counter()
+    train_w = {k: v.to(device) for k, v in in_memory_windows(args.data, data, "train").items()}
+    val_w = {k: v.to(device) for k, v in in_memory_windows(args.data, data, "val").items()}
+    W = len(train_w["tokens"])
+    print(
+        f"windows: {W} train ({args.epochs} epochs), {len(val_w['tokens'])} val, {args.context} tokens, "
+        f"built in {time.perf_counter() - tic:.0f} s",
+        flush=True,
+    )
+
+    objective = _TDMObjective(TDM(cfg.model_config())).to(device)
+    model = objective.model
+    opt = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+
+    def validation_nll() -> float:
+        objective.eval()
+        total = count = 0.0
+        with torch.no_grad():
+            for i in range(0, len(val_w["tokens"]), cfg.batch_size):
+                s, c = objective.summed({k: v[i : i + cfg.batch_size] for k, v in val_w.items()})
+                total, count = total + float(s), count + float(c)
+        objective.train()
+        return total / count
+
+    curve, best, step, order, at = [], (float("inf"), None, 0), 0, torch.empty(0), 0
+    start = time.perf_counter()
+    while step < cfg.steps:
+        if at + cfg.batch_size > len(order):  # a fresh permutation of every window
+            order, at = torch.randperm(W, device=device, generator=generator), 0
+        idx = order[at : at + cfg.batch_size]
+        at += cfg.batch_size
+        loss = objective({k: v[idx] for k, v in train_w.items()})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        if step == 5:
+            torch.cuda.synchronize() if device == "cuda" else None
+            rate_tic = time.perf_counter()
+        if step == 5 + RATE_STEPS:  # size the schedule: the steps that fit the budget at this rate
+            torch.cuda.synchronize() if device == "cuda" else None
+            rate = RATE_STEPS / (time.perf_counter() - rate_tic)
+            cfg.steps = max(step + 1, int(rate * (args.train_seconds - (time.perf_counter() - start))) + step)
+            cfg.eval_every = max(1, cfg.steps // args.evals)
+            print(
+                f"{rate:.1f} steps/s ({rate * cfg.batch_size * args.context:.0f} tokens/s): {cfg.steps} steps",
+                flush=True,
+            )
+        if step > 5 + RATE_STEPS and (step % cfg.eval_every == 0 or step == cfg.steps):
+            nll = validation_nll()
+            curve.append({"step": step, "train_loss": loss.item(), "val_nll": nll, "s": time.perf_counter() - start})
+            print(f"step {step}/{cfg.steps}  loss {loss.item():.3f}  val NLL {nll:.3f}", flush=True)
+            if nll < best[0]:
+                best = (nll, {k: v.detach().clone() for k, v in model.state_dict().items()}, step)
+    model.load_state_dict(best[1])
+    out = Path(args.out)
+    checkpoint = save_checkpoint(
+        out,
+        model,
+        step=best[2],
+        train_config=asdict(cfg),
+        env_specs=read_specs(args.data),
+        metrics={"step": best[2], "val/nll": best[0]},
+    )
+    (out / "train.json").write_text(
+        json.dumps(
+            {
+                "curve": curve,
+                "best_step": best[2],
+                "best_val_nll": best[0],
+                "steps": cfg.steps,
+                "train_s": time.perf_counter() - start,
+                "windows": W,
+                "device": device,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "train_config": asdict(cfg),
+            },
+            indent=2,
+        )
+    )
+    print(f"kept step {best[2]} (val NLL {best[0]:.3f}) -> {checkpoint}", flush=True)
+    return checkpoint
+
+
+def sweep(args, checkpoint: Path, device: str, context: int) -> dict:
+    """TDM-MPC at each horizon: ``args.episodes`` episodes on ``args.agents`` threads, one merged decode per round."""
+    results = {}
+    for N in args.horizons:
+        planner = PlannerConfig(samples=args.samples, horizon=N, replan_every=args.replan_every)
+        agent_cfg = AgentConfig(
+            env=args.env, planner=planner, greedy=not args.sample, steps=args.steps, context=context
+        )
+        server = LocalModelServer(
+            str(checkpoint), device=device, max_batch=args.agents, max_wait_ms=args.max_wait_ms, seed=args.seed
+        )
+        agents = [MPCAgent(agent_cfg, server=server, worker=EnvWorker(args.env)) for _ in range(args.agents)]
+        tic = time.perf_counter()
+        with ThreadPoolExecutor(args.agents) as pool:  # agent a plays episodes a, a + agents, ...
+            shares = [range(a, args.episodes, args.agents) for a in range(args.agents)]
+            parts = pool.map(play, agents, shares, [args.seed] * args.agents)
+            episodes = sorted((e for part in parts for e in part), key=lambda e: e["episode"])
+        wall = time.perf_counter() - tic
+        stats = server.describe()["stats"]
+        server.close()
+        returns = [e["return"] for e in episodes]
+        mean, ci = summarize(returns)
+        results[N] = {
+            "horizon": N,
+            "mean_return": mean,
+            "ci68": ci,
+            "returns": returns,
+            "wall_s": wall,
+            "env_steps_per_s": len(episodes) * episodes[0]["steps"] / wall,
+            "server": stats,
+        }
+        print(
+            f"N={N:3d}  tdm {mean:7.1f} ± {ci:5.1f}  returns {[round(r, 1) for r in returns]}  {wall:.0f} s "
+            f"({results[N]['env_steps_per_s']:.1f} env steps/s, {stats['batches']} batches)",
+            flush=True,
+        )
+        settings = {k: v for k, v in vars(args).items()}
+        (Path(args.out) / "sweep.json").write_text(
+            json.dumps(
+                {
+                    "checkpoint": str(checkpoint),
+                    "device": device,
+                    "settings": settings,
+                    "results": list(results.values()),
+                },
+                indent=2,
+            )
+        )
+    return results
+
+
+def play(agent: MPCAgent, episodes, seed: int) -> list[dict]:
+    """Episodes ``episodes`` of ``agent``, each from the seed ``tdm eval --seed seed`` gives it."""
+    return [agent.run_episode(i, episode_seed(seed, i)) for i in episodes]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="a dataset of tdm collect")
+    p.add_argument("--out", required=True, help="model.pt, train.json and sweep.json go here")
+    p.add_argument("--checkpoint", help="skip training: sweep this checkpoint")
+    p.add_argument("--env", default="cartpole-swingup")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--context", type=int, default=1023, help="tokens per window and the model's context")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, default=20, help="epochs of windows (each with its own starts), cycled")
+    p.add_argument("--train-seconds", type=float, default=150.0)
+    p.add_argument("--evals", type=int, default=8, help="validations over the run (the best one is kept)")
+    p.add_argument("--samples", type=int, default=128, help="K")
+    p.add_argument("--horizons", type=lambda s: [int(x) for x in s.split(",")], default=[5, 10, 25, 50, 100])
+    p.add_argument("--replan-every", type=int, default=2)
+    p.add_argument("--episodes", type=int, default=4)
+    p.add_argument("--agents", type=int, default=4)
+    p.add_argument("--steps", type=int, default=400, help="environment steps per episode")
+    p.add_argument("--max-wait-ms", type=float, default=20.0)
+    p.add_argument("--sample", action="store_true", help="sample imagined tokens (default: greedy, as the demo)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    print(f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""), flush=True)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else train(args, device)
+    context = torch.load(checkpoint, map_location="cpu", weights_only=True)["model_config"]["context"]
+    results = sweep(args, checkpoint, device, context)
+    best = max(results.values(), key=lambda r: r["mean_return"])
+    print(f"best N={best['horizon']} tdm={best['mean_return']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
