@@ -70,8 +70,7 @@ class DemoConfig:
                 raise ConfigError(f"demo {name} must be >= 1, got {getattr(self, name)}")
         self.planner()  # checks samples, horizon and replan_every
         spec = envs.spec(ENV)
-        if self.data_steps > spec.episode_length:
-            raise ConfigError(f"demo data_steps must be at most {spec.episode_length} (the episode length)")
+        spec.episode_steps(self.data_steps, "demo data_steps")
         StepLayout(spec.obs_dim, spec.act_dim).check_horizon(self.horizon, self.context, "the demo's TDM")
 
 

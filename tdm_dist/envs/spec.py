@@ -52,6 +52,17 @@ class EnvSpec:
         if action.shape[-1] != self.act_dim:
             raise DataError(f"{what} has {action.shape[-1]} entries, {self.name} expects {self.act_dim}")
 
+    def episode_steps(self, steps: int | None, what: str = "steps") -> int:
+        """The steps an episode runs: ``steps``, or the whole episode for ``None``; ``ConfigError`` naming ``what``
+        unless 1 <= steps <= the episode length."""
+        if steps is None:
+            return self.episode_length
+        if isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= self.episode_length:
+            raise ConfigError(
+                f"{what} must be in [1, {self.episode_length}] (the episode length of {self.name}), got {steps!r}"
+            )
+        return int(steps)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["obs_keys"] = [list(k) for k in self.obs_keys]

@@ -109,9 +109,7 @@ def run_episode(
     observations [T+1, n] float32 (o_0 .. o_T), actions [T, m] float32, rewards [T+1] float32 with rewards[0] = 0
     (rewards[t] came with observations[t], DESIGN's Sequence layout), and ``return``, their sum (float).
     """
-    length = env.spec.episode_length if steps is None else steps
-    if not 1 <= length <= env.spec.episode_length:
-        raise ConfigError(f"steps must be in [1, {env.spec.episode_length}], got {steps}")
+    length = env.spec.episode_steps(steps)
     observations, actions, rewards = [env.reset(seed)], [], [0.0]
     policy.reset(seed)
     for _ in tqdm(range(length), desc=env.spec.name, disable=not progress, leave=False):

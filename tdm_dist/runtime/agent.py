@@ -49,8 +49,7 @@ class AgentConfig:
             raise ConfigError(
                 f"the {self.policy if self.policy == 'bc' else 'proposal'} policy needs the TDM, not {self.model}"
             )
-        if self.steps is not None and not 1 <= self.steps <= spec.episode_length:
-            raise ConfigError(f"steps must be in [1, {spec.episode_length}], got {self.steps}")
+        spec.episode_steps(self.steps)
 
 
 class EnvStateLost(RuntimeError):
@@ -90,7 +89,7 @@ class MPCAgent:
     def run_episode(self, episode: int, seed: int) -> dict:
         """Play one episode from ``seed`` -> {episode, seed, return, steps, wall_s, plan_s}."""
         cfg, spec = self.cfg, self.spec
-        steps = cfg.steps or spec.episode_length
+        steps = spec.episode_steps(cfg.steps)
         n, m = spec.obs_dim, spec.act_dim
         prompt = _prompt_arrays(cfg.prompt, n, m)
         # Timesteps of history the model can see: the rest is never sent.

@@ -44,10 +44,8 @@ class CollectConfig:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
-        if self.steps is not None:
-            longest = min(envs.spec(name).episode_length for name in self.envs)
-            if not 1 <= self.steps <= longest:
-                raise ConfigError(f"--steps must be in [1, {longest}] (the episode length), got {self.steps}")
+        for name in self.envs:
+            envs.spec(name).episode_steps(self.steps, "--steps")
         if self.expert.kind == "rllib":
             from tdm_dist.runtime.rllib_expert import RLlibPolicy
 

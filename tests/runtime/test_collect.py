@@ -94,7 +94,9 @@ def test_bad_collect_settings_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="--episodes"):
         CollectConfig(env="cartpole-swingup", episodes=0, out=str(tmp_path)).check()
     for steps in (0, 1001):
-        with pytest.raises(ConfigError, match=r"--steps must be in \[1, 1000\] \(the episode length\), got"):
+        with pytest.raises(
+            ConfigError, match=r"--steps must be in \[1, 1000\] \(the episode length of cartpole-swingup\), got"
+        ):
             CollectConfig(env="cartpole-swingup", episodes=1, out=str(tmp_path), steps=steps).check()
     with pytest.raises(ConfigError, match="apply to the gt-mpc expert, not random"):
         CollectConfig("cartpole-swingup", 1, str(tmp_path), ExpertConfig(kind="random", action_noise=0.1)).check()
