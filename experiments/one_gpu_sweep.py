@@ -14,18 +14,19 @@ installed there from the network), so this script runs the project's own parts i
 
 On a Ray runtime the same work is ``tdm train`` and ``tdm sweep``. Example (issue 4's K=128 sweep)::
 
-    python experiments/one_gpu_sweep.py --data data/k128 --out runs/k128 --train-seconds 150 \\
-        --samples 128 --horizons 5,10,25,50,100 --replan-every 2 --episodes 4 --steps 400
+    python experiments/one_gpu_sweep.py --data data/k128 --out runs/k128 --train-seconds 150 --batch-size 64 \\
+        --epochs 30 --samples 128 --horizons 5,10,25,50,100 --replan-every 3 --episodes 4 --agents 4 --steps 400
 
 Writes ``OUT/model.pt``, ``OUT/train.json`` (the validation curve) and ``OUT/sweep.json`` (per N: mean return,
 68% CI, per-episode returns, env steps/s), each as soon as it is known; one line per N on stdout, last
-``best N=<n> tdm=<mean return>``.
+``best N=<n> tdm=<mean return>``. The README's "One GPU, without Ray" has the figures of that run on one H100.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -33,9 +34,11 @@ from pathlib import Path
 
 import torch
 
+from tdm_dist import envs
 from tdm_dist.data import DatasetConfig, in_memory_windows
 from tdm_dist.data.episodes import read_specs
-from tdm_dist.learner.checkpoint import save_checkpoint
+from tdm_dist.errors import ConfigError, TdmError
+from tdm_dist.learner.checkpoint import load_checkpoint, save_checkpoint
 from tdm_dist.learner.train import TrainConfig, _TDMObjective, lr_factor
 from tdm_dist.model import TDM
 from tdm_dist.planning.optimizers import PlannerConfig
@@ -44,6 +47,7 @@ from tdm_dist.runtime.collect import episode_seed
 from tdm_dist.runtime.env_worker import EnvWorker
 from tdm_dist.runtime.evaluate import summarize
 from tdm_dist.runtime.model_server import LocalModelServer
+from tdm_dist.tokenizer import StepLayout
 
 RATE_STEPS = 40  # steps (after 5 untimed) whose rate sizes the schedule to --train-seconds
 
@@ -220,16 +224,16 @@ def main() -> None:
     p.add_argument("--env", default="cartpole-swingup")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--context", type=int, default=1023, help="tokens per window and the model's context")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--epochs", type=int, default=20, help="epochs of windows (each with its own starts), cycled")
+    p.add_argument("--epochs", type=int, default=30, help="epochs of windows (each with its own starts), cycled")
     p.add_argument("--train-seconds", type=float, default=150.0)
     p.add_argument("--evals", type=int, default=8, help="validations over the run (the best one is kept)")
     p.add_argument("--samples", type=int, default=128, help="K")
     p.add_argument("--horizons", type=lambda s: [int(x) for x in s.split(",")], default=[5, 10, 25, 50, 100])
-    p.add_argument("--replan-every", type=int, default=2)
+    p.add_argument("--replan-every", type=int, default=3)
     p.add_argument("--episodes", type=int, default=4)
     p.add_argument("--agents", type=int, default=4)
     p.add_argument("--steps", type=int, default=400, help="environment steps per episode")
@@ -237,12 +241,38 @@ def main() -> None:
     p.add_argument("--sample", action="store_true", help="sample imagined tokens (default: greedy, as the demo)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    try:
+        check(args)
+        run(args)
+    except TdmError as e:  # bad input: one line and exit 2, as the tdm command does
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def check(args) -> None:
+    """Every setting the sweep needs, checked before any training: planner, horizons against the context, agents."""
+    spec = envs.spec(args.env)
+    context = args.context
+    if args.checkpoint:
+        context = load_checkpoint(args.checkpoint)["model_config"]["context"]
+    elif not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data} is not a dataset folder (tdm collect writes one)")
+    for N in args.horizons:
+        PlannerConfig(samples=args.samples, horizon=N, replan_every=args.replan_every)
+        StepLayout(spec.obs_dim, spec.act_dim).check_horizon(N, context, "the TDM")
+    AgentConfig(env=args.env, steps=args.steps).check()
+    for name in ("episodes", "agents", "batch_size", "epochs", "evals"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+def run(args) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = True
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""), flush=True)
     checkpoint = Path(args.checkpoint) if args.checkpoint else train(args, device)
-    context = torch.load(checkpoint, map_location="cpu", weights_only=True)["model_config"]["context"]
+    context = load_checkpoint(checkpoint)["model_config"]["context"]
     results = sweep(args, checkpoint, device, context)
     best = max(results.values(), key=lambda r: r["mean_return"])
     print(f"best N={best['horizon']} tdm={best['mean_return']:.1f}")

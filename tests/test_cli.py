@@ -253,3 +253,19 @@ def test_the_one_gpu_script_trains_and_sweeps_in_one_process_without_ray(tmp_pat
     trained = json.loads((out / "train.json").read_text())
     assert trained["best_val_nll"] == min(p["val_nll"] for p in trained["curve"])
     assert load_model(out / "model.pt").cfg.context == 64
+
+    # A horizon the context cannot hold fails before any training, in one line (the last --horizons and --out win).
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "experiments/one_gpu_sweep.py",
+            *map(str, [*args, "--horizons", "2,9", "--out", tmp_path / "bad"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "horizon 9 does not fit the context of the TDM (64 tokens" in bad.stderr
+    assert not (tmp_path / "bad").exists()
