@@ -113,11 +113,9 @@ def train(args, device: str) -> Path:
         sched.step()
         step += 1
         if step == 5:
-            torch.cuda.synchronize() if device == "cuda" else None
-            rate_tic = time.perf_counter()
+            rate_tic = synchronized(device)
         if step == 5 + RATE_STEPS:  # size the schedule: the steps that fit the budget at this rate
-            torch.cuda.synchronize() if device == "cuda" else None
-            rate = RATE_STEPS / (time.perf_counter() - rate_tic)
+            rate = RATE_STEPS / (synchronized(device) - rate_tic)
             cfg.steps = max(step + 1, int(rate * (args.train_seconds - (time.perf_counter() - start))) + step)
             cfg.eval_every = max(1, cfg.steps // args.evals)
             print(
@@ -196,19 +194,25 @@ def sweep(args, checkpoint: Path, device: str, context: int) -> dict:
             f"({results[N]['env_steps_per_s']:.1f} env steps/s, {stats['batches']} batches)",
             flush=True,
         )
-        settings = {k: v for k, v in vars(args).items()}
         (Path(args.out) / "sweep.json").write_text(
             json.dumps(
                 {
                     "checkpoint": str(checkpoint),
                     "device": device,
-                    "settings": settings,
+                    "settings": vars(args),
                     "results": list(results.values()),
                 },
                 indent=2,
             )
         )
     return results
+
+
+def synchronized(device: str) -> float:
+    """The time once the device's queued work is done."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def play(agent: MPCAgent, episodes, seed: int) -> list[dict]:
