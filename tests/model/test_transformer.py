@@ -211,7 +211,7 @@ def test_preset_sizes():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_imagination_runs_where_the_model_is():
+def test_imagination_on_cuda_runs_where_the_model_is():
     model = make_model().cuda()
     out = model.imagine(make_history(5, 4, 2), torch.zeros(3, 2, 2), reward_fn=toy_reward)
     assert out.obs.device.type == "cuda" and out.rewards.device.type == "cuda"
