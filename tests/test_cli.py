@@ -16,9 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tdm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tdm_dist.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
+    return python("-m", "tdm_dist.cli", *args, timeout=timeout)
+
+
+def python(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python ARGS...`` from the repository root, its output captured."""
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def test_help_lists_the_commands():
@@ -126,13 +129,7 @@ def test_readme_library_example_runs():
     "name,metric", [("decode", "kv_speedup"), ("ingest", "ingest_efficiency"), ("serve", "server_efficiency")]
 )
 def test_benchmarks_run_in_smoke_mode(name, metric):
-    out = subprocess.run(
-        [sys.executable, f"experiments/benchmarks/{name}.py", "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    out = python(f"experiments/benchmarks/{name}.py", "--smoke")
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(rf"{metric}=\d+(\.\d+)?", out.stdout.strip().splitlines()[-1])
 
@@ -238,13 +235,7 @@ def test_the_one_gpu_script_trains_and_sweeps_in_one_process_without_ray(tmp_pat
         w.write(synthetic_episode("cartpole-swingup", i, steps=60) for i in range(6))
     args = ["--data", data, "--out", out, "--context", 64, "--batch-size", 4, "--epochs", 2, "--train-seconds", 3]
     args += ["--samples", 4, "--horizons", "2,3", "--replan-every", 2, "--episodes", 3, "--agents", 2, "--steps", 5]
-    run = subprocess.run(
-        [sys.executable, "experiments/one_gpu_sweep.py", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    run = python("experiments/one_gpu_sweep.py", *args)
     assert run.returncode == 0, run.stderr
     assert re.fullmatch(r"best N=[23] tdm=-?\d+\.\d", run.stdout.strip().splitlines()[-1])
     sweep = json.loads((out / "sweep.json").read_text())
@@ -255,17 +246,7 @@ def test_the_one_gpu_script_trains_and_sweeps_in_one_process_without_ray(tmp_pat
     assert load_model(out / "model.pt").cfg.context == 64
 
     # A horizon the context cannot hold fails before any training, in one line (the last --horizons and --out win).
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "experiments/one_gpu_sweep.py",
-            *map(str, [*args, "--horizons", "2,9", "--out", tmp_path / "bad"]),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    bad = python("experiments/one_gpu_sweep.py", *args, "--horizons", "2,9", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "horizon 9 does not fit the context of the TDM (64 tokens" in bad.stderr
     assert not (tmp_path / "bad").exists()
