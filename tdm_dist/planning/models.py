@@ -94,12 +94,7 @@ class GroundTruthModel:
         self.worker = worker
 
     def imagine(self, state: PlanState, actions: np.ndarray) -> Prediction:
-        if hasattr(self.worker.rollout, "remote"):
-            import ray
-
-            rewards, obs = ray.get(self.worker.rollout.remote(None, actions, observations=True))
-        else:
-            rewards, obs = self.worker.rollout(None, actions, observations=True)
+        rewards, obs = call(self.worker.rollout, None, actions, observations=True)
         return Prediction(rewards=np.asarray(rewards), actions=np.asarray(actions), obs=np.asarray(obs))
 
     def propose(self, state: PlanState, noise: np.ndarray) -> Prediction:
@@ -119,6 +114,16 @@ class ModelObjective:
         """-> (summed rewards [K], actions [K, N, m]) of the model's proposals with ``noise`` added."""
         out = self.model.propose(self.state, noise)
         return out.rewards.sum(axis=1), out.actions
+
+
+def call(method, *args, **kwargs):
+    """``method(*args, **kwargs)`` of an object in this process, or of a Ray actor (its result, waited for): the
+    simulator, an EnvWorker and a ModelServer are either, and the code that uses them need not know which."""
+    if hasattr(method, "remote"):
+        import ray
+
+        return ray.get(method.remote(*args, **kwargs))
+    return method(*args, **kwargs)
 
 
 def seeded_generator(device, seed: int | None = None) -> torch.Generator:

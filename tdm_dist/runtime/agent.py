@@ -16,7 +16,7 @@ import numpy as np
 from tdm_dist import envs
 from tdm_dist.baselines import NAMES as BASELINES
 from tdm_dist.errors import ConfigError
-from tdm_dist.planning.models import GroundTruthModel, ModelObjective, PlanState
+from tdm_dist.planning.models import GroundTruthModel, ModelObjective, PlanState, call
 from tdm_dist.planning.optimizers import MPCPlanner, PlannerConfig
 from tdm_dist.runtime.env_worker import remote_env_worker
 from tdm_dist.tokenizer import History, StepLayout
@@ -123,15 +123,6 @@ class MPCAgent:
             "wall_s": time.perf_counter() - start,
             "plan_s": plan_s,
         }
-
-
-def call(method, *args, **kwargs):
-    """``method(*args, **kwargs)`` of an object in this process, or of a Ray actor (its result, waited for)."""
-    if hasattr(method, "remote"):
-        import ray
-
-        return ray.get(method.remote(*args, **kwargs))
-    return method(*args, **kwargs)
 
 
 def _prompt_arrays(prompt: dict | None, n: int, m: int):

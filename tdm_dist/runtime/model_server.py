@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from tdm_dist.errors import ConfigError
-from tdm_dist.planning.models import PlanState, Prediction, reward_function
+from tdm_dist.planning.models import PlanState, Prediction, call, reward_function
 from tdm_dist.tokenizer import History
 
 
@@ -306,8 +306,6 @@ class ServedModel:
         return self._call("act", Request("act", state.env, state.history, samples=samples, greedy=greedy))
 
     def _call(self, method: str, request: Request):
-        from tdm_dist.runtime.agent import call
-
         return call(getattr(self.server, method), request)
 
 
