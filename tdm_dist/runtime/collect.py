@@ -44,8 +44,9 @@ class CollectConfig:
             raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
-        for name in self.envs:
-            envs.spec(name).episode_steps(self.steps, "--steps")
+        if self.steps is not None:  # a spec can cost a MuJoCo build: 10,000 procedural walkers take minutes
+            for name in self.envs:
+                envs.spec(name).episode_steps(self.steps, "--steps")
         if self.expert.kind == "rllib":
             from tdm_dist.runtime.rllib_expert import RLlibPolicy
 

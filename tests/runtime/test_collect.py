@@ -106,6 +106,18 @@ def test_bad_collect_settings_are_config_errors(tmp_path):
         ExpertConfig.parse("ppo")
 
 
+def test_checking_a_collection_of_whole_episodes_builds_no_environment(tmp_path):
+    """A procedural walker's spec is a MuJoCo build: checking 10,000 of them took minutes (the paper-scale
+    zero-shot experiment). Whole episodes need no episode length, so the check builds none."""
+    from tdm_dist.envs import procedural
+
+    procedural.spec.cache_clear()
+    CollectConfig(env="procwalker-chain-0..9999", episodes=10, out=str(tmp_path)).check()
+    assert procedural.spec.cache_info().currsize == 0
+    with pytest.raises(ConfigError, match=r"--steps must be in \[1, 1000\] \(the episode length of procwalker"):
+        CollectConfig(env="procwalker-chain-0..1", episodes=1, out=str(tmp_path), steps=1001).check()
+
+
 def test_corrupt_dataset_stops_collect_with_the_file_name(tmp_path):
     bad = tmp_path / "data" / "env=cartpole-swingup" / "part-0.parquet"
     bad.parent.mkdir(parents=True)
