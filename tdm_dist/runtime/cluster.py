@@ -24,8 +24,11 @@ def init_ray(address: str | None = None, min_cpus: float = 0) -> None:
         ray.init(address=address)
         return
     cpus = max(os.cpu_count() or 1, int(min_cpus + 0.999))
-    # "local": a new instance even where `ray start` left a cluster on this machine (plain ray.init() joins it)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False)
+    # "local": a new instance even where `ray start` left a cluster on this machine (plain ray.init() joins it).
+    # The dashboard is Ray's default (None: started when ray[default] is installed, as it is here); it serves the
+    # State API, without which Ray Train's placement-group cleaner logs a warning every second of training
+    # (~400 lines in `tdm demo`), and it costs about a second of start-up.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=None)
     log.info("started a local Ray instance with %d logical CPUs", cpus)
 
 
