@@ -39,7 +39,7 @@ from tdm_dist.data import DatasetConfig, in_memory_windows
 from tdm_dist.data.episodes import read_specs
 from tdm_dist.errors import ConfigError, TdmError
 from tdm_dist.learner.checkpoint import load_checkpoint, save_checkpoint
-from tdm_dist.learner.train import TrainConfig, _TDMObjective, lr_factor
+from tdm_dist.learner.train import PRECISIONS, TrainConfig, _TDMObjective, lr_factor, optimizer_step, use_bf16
 from tdm_dist.model import TDM
 from tdm_dist.planning.optimizers import PlannerConfig
 from tdm_dist.runtime.agent import AgentConfig, MPCAgent
@@ -63,6 +63,7 @@ def train(args, device: str) -> Path:
         lr=args.lr,
         warmup_steps=args.warmup,
         dropout=args.dropout,
+        precision=args.precision,
         workers=1,
         seed=args.seed,
         steps=10**9,
@@ -87,6 +88,7 @@ def train(args, device: str) -> Path:
     opt = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     generator = torch.Generator(device).manual_seed(cfg.seed)
+    bf16 = use_bf16(cfg.precision, torch.device(device))
 
     def validation_nll() -> float:
         objective.eval()
@@ -105,12 +107,7 @@ def train(args, device: str) -> Path:
             order, at = torch.randperm(W, device=device, generator=generator), 0
         idx = order[at : at + cfg.batch_size]
         at += cfg.batch_size
-        loss = objective({k: v[idx] for k, v in train_w.items()})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        loss = optimizer_step(objective, {k: v[idx] for k, v in train_w.items()}, opt, sched, cfg.grad_clip, bf16)
         step += 1
         if step == 5:
             rate_tic = synchronized(device)
@@ -232,6 +229,12 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="of training (fp32: as the README's table was measured; auto: bf16 on GPUs that compute in it)",
+    )
     p.add_argument("--epochs", type=int, default=30, help="epochs of windows (each with its own starts), cycled")
     p.add_argument("--train-seconds", type=float, default=150.0)
     p.add_argument("--evals", type=int, default=8, help="validations over the run (the best one is kept)")

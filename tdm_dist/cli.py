@@ -227,7 +227,19 @@ def _cmd_data_info(args: argparse.Namespace) -> None:
 def _train_config(args: argparse.Namespace, init_from: str | None = None):
     from tdm_dist.learner.train import TrainConfig
 
-    keys = ("model", "preset", "context", "steps", "batch_size", "lr", "warmup_steps", "workers", "eval_every", "seed")
+    keys = (
+        "model",
+        "preset",
+        "context",
+        "steps",
+        "batch_size",
+        "lr",
+        "warmup_steps",
+        "precision",
+        "workers",
+        "eval_every",
+        "seed",
+    )
     fields = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if init_from:  # fine-tuning goes on with the checkpoint's kind of model
         from tdm_dist.learner.checkpoint import checkpoint_kind
@@ -454,6 +466,15 @@ def _add_train_arguments(p: argparse.ArgumentParser, finetune: bool) -> None:
     )
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default 100)")
+    from tdm_dist.learner.train import PRECISIONS
+
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="fp32 (default); bf16: forward and backward under bfloat16 autocast, weights kept in fp32; "
+        "auto: bf16 where the GPU or CPU computes in it natively",
+    )
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (default 2)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation and checkpoints")
     p.add_argument("--seed", type=int, default=None)
@@ -500,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="the main job: expert data -> tiny TDM -> MPC with the TDM vs ground truth vs random (~15 min, 2 CPUs)",
+        help="the main job: expert data -> tiny TDM -> MPC with the TDM vs ground truth vs random (~10 min, 2 CPUs)",
     )
     demo = DemoConfig()  # its defaults, for the help
     p.add_argument(

@@ -126,7 +126,13 @@ def test_readme_library_example_runs():
 
 
 @pytest.mark.parametrize(
-    "name,metric", [("decode", "kv_speedup"), ("ingest", "ingest_efficiency"), ("serve", "server_efficiency")]
+    "name,metric",
+    [
+        ("decode", "kv_speedup"),
+        ("ingest", "ingest_efficiency"),
+        ("serve", "server_efficiency"),
+        ("train", "bf16_speedup"),
+    ],
 )
 def test_benchmarks_run_in_smoke_mode(name, metric):
     out = python(f"experiments/benchmarks/{name}.py", "--smoke")

@@ -31,6 +31,20 @@ from tdm_dist.model import TDM, TDMConfig, preset
 from tdm_dist.model.transformer import token_nll
 from tdm_dist.runtime.cluster import init_ray
 
+PRECISIONS = ("fp32", "bf16", "auto")  # TrainConfig.precision: of the forward and backward passes
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` trains under bfloat16 autocast on ``device``. "auto" does where the hardware computes
+    in bfloat16 (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX): elsewhere bfloat16 is emulated, and
+    slower than fp32."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return device.type == "cpu" and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
 
 @dataclass
 class TrainConfig:
@@ -47,6 +61,8 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW weight decay
     grad_clip: float = 1.0  # max global gradient norm
     dropout: float = 0.0  # model dropout
+    precision: str = "fp32"  # "bf16": forward and backward under bfloat16 autocast (weights and optimizer stay fp32);
+    # "auto": bf16 where the hardware computes in it (see use_bf16)
     workers: int = 2  # Ray Train workers (DDP ranks)
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
     use_gpu: bool | None = None  # one GPU per worker; default: when the cluster has GPUs
@@ -75,6 +91,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.context is not None and self.context < 2:
             raise ConfigError(f"context must be >= 2 tokens (a token and its target), got {self.context}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         self.model_config()  # validates the preset and overrides
@@ -143,6 +161,20 @@ class _BaselineObjective(torch.nn.Module):
 
     def items(self, batch: dict) -> int:
         return batch["obs"].shape[0]
+
+
+def optimizer_step(objective, batch: dict, opt, sched, grad_clip: float, bf16: bool) -> torch.Tensor:
+    """One step on ``batch``: the loss (under bfloat16 autocast when ``bf16``), backward, gradient clipping, the
+    optimizer and the schedule. Returns the loss, unsynchronized. Every training loop takes its steps here."""
+    device = next(objective.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = objective(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(objective.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    return loss
 
 
 def _validation_loss(objective, shard, batches: int, batch_size: int, device) -> tuple[float, float]:
@@ -219,15 +251,13 @@ def train_loop_per_worker(config: dict) -> None:
         tb = SummaryWriter(str(Path(cfg.out) / "tensorboard"))
     train_batches = _batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.seed + rank)
     val_shard = ray.train.get_dataset_shard("val")
+    bf16 = use_bf16(cfg.precision, device)
+    if rank == 0 and cfg.precision == "auto":
+        _say(f"precision auto: {'bf16' if bf16 else 'fp32'} on {device}")
     tic, seen, losses = time.perf_counter(), 0, []
     while step < cfg.steps:
         batch = {k: v.to(device) for k, v in next(train_batches).items()}
-        loss = wrapped(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        loss = optimizer_step(wrapped, batch, opt, sched, cfg.grad_clip, bf16)
         step += 1
         losses.append(loss.detach())  # no host sync per step; read at evaluation
         seen += objective.items(batch) * ctx.get_world_size()

@@ -61,6 +61,18 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert factors[100] == pytest.approx(0.1)
 
 
+def test_precision_is_fp32_bf16_or_what_the_hardware_computes_in():
+    from tdm_dist.errors import ConfigError
+    from tdm_dist.learner.train import use_bf16
+
+    cpu = torch.device("cpu")
+    assert not use_bf16("fp32", cpu) and use_bf16("bf16", cpu)
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert use_bf16("auto", cpu) == native
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, auto, got 'fp16'"):
+        TrainConfig(data="", out="", precision="fp16").check()
+
+
 def test_two_workers_train_and_checkpoint(episodes, tmp_path, ray_session):
     result = train(small_config(episodes, tmp_path / "run", workers=2))
     assert result["step"] == 12 and np.isfinite(result["val/nll"])
@@ -71,9 +83,15 @@ def test_two_workers_train_and_checkpoint(episodes, tmp_path, ray_session):
     model = load_model(result["checkpoint"])
     assert model.cfg.n_layer == 2 and not model.training
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
-    # Fine-tuning starts from those weights with a schedule of its own.
-    tuned = train(small_config(episodes, tmp_path / "tuned", workers=1, steps=6, init_from=str(tmp_path / "run")))
-    assert tuned["step"] == 6 and load_checkpoint(tuned["checkpoint"])["train_config"]["init_from"]
+    # Fine-tuning starts from those weights with a schedule of its own, here under bfloat16 autocast.
+    tuned = train(
+        small_config(
+            episodes, tmp_path / "tuned", workers=1, steps=6, init_from=str(tmp_path / "run"), precision="bf16"
+        )
+    )
+    assert tuned["step"] == 6 and np.isfinite(tuned["val/nll"])
+    recorded = load_checkpoint(tuned["checkpoint"])["train_config"]
+    assert recorded["init_from"] and recorded["precision"] == "bf16"
 
 
 def test_rerunning_a_finished_run_resumes_instead_of_restarting(episodes, tmp_path, ray_session):
