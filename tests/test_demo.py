@@ -1,4 +1,4 @@
-"""The main job, ``tdm demo``, end to end at a budget of about two minutes (the full run is ~15 minutes)."""
+"""The main job, ``tdm demo``, end to end at a budget of about two minutes (the full run is ~10 minutes)."""
 
 from __future__ import annotations
 
