@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from tdm_dist.learner.train import TrainConfig, _TDMObjective, lr_factor, optimizer_step
+from tdm_dist.learner.train import TrainConfig, _TDMObjective, computes_in_bf16, lr_factor, optimizer_step
 from tdm_dist.model import TDM, preset
 
 
@@ -55,7 +55,7 @@ def main() -> None:
         args.context, args.batch_size, args.steps, args.warmup = 32, 2, 3, 1
     torch.set_num_threads(args.threads)
     tokens = torch.randint(0, 1024, (args.batch_size, args.context + 1), generator=torch.Generator().manual_seed(0))
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    native = computes_in_bf16(torch.device("cpu"))
     print(f"CPU, {args.threads} thread(s); native bfloat16: {native}; batch {args.batch_size} x {args.context} tokens")
     seconds = {}
     for name, bf16 in (("fp32", False), ("bf16", True)):

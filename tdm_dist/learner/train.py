@@ -34,16 +34,17 @@ from tdm_dist.runtime.cluster import init_ray
 PRECISIONS = ("fp32", "bf16", "auto")  # TrainConfig.precision: of the forward and backward passes
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether ``precision`` trains under bfloat16 autocast on ``device``. "auto" does where the hardware computes
-    in bfloat16 (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX): elsewhere bfloat16 is emulated, and
-    slower than fp32."""
-    if precision != "auto":
-        return precision == "bf16"
+def computes_in_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or
+    AMX. Elsewhere bfloat16 is emulated, and slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return device.type == "cpu" and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` trains under bfloat16 autocast on ``device`` ("auto": where it computes in bf16)."""
+    return precision == "bf16" or (precision == "auto" and computes_in_bf16(device))
 
 
 @dataclass
@@ -62,7 +63,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm
     dropout: float = 0.0  # model dropout
     precision: str = "fp32"  # "bf16": forward and backward under bfloat16 autocast (weights and optimizer stay fp32);
-    # "auto": bf16 where the hardware computes in it (see use_bf16)
+    # "auto": bf16 where the hardware computes in it (computes_in_bf16). Validation stays fp32: NLLs compare across runs
     workers: int = 2  # Ray Train workers (DDP ranks)
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
     use_gpu: bool | None = None  # one GPU per worker; default: when the cluster has GPUs
