@@ -39,7 +39,7 @@ from tdm_dist.data import DatasetConfig, in_memory_windows
 from tdm_dist.data.episodes import read_specs
 from tdm_dist.errors import ConfigError, TdmError
 from tdm_dist.learner.checkpoint import load_checkpoint, save_checkpoint
-from tdm_dist.learner.train import PRECISIONS, TrainConfig, _TDMObjective, lr_factor, optimizer_step, use_bf16
+from tdm_dist.learner.train import PRECISIONS, TrainConfig, _TDMObjective, optimizer, optimizer_step, use_bf16
 from tdm_dist.model import TDM
 from tdm_dist.planning.optimizers import PlannerConfig
 from tdm_dist.runtime.agent import AgentConfig, MPCAgent
@@ -85,8 +85,7 @@ def train(args, device: str) -> Path:
 
     objective = _TDMObjective(TDM(cfg.model_config())).to(device)
     model = objective.model
-    opt = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    opt, sched = optimizer(objective.parameters(), cfg)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     bf16 = use_bf16(cfg.precision, torch.device(device))
 

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from tdm_dist.learner.train import TrainConfig, _TDMObjective, computes_in_bf16, lr_factor, optimizer_step
+from tdm_dist.learner.train import TrainConfig, _TDMObjective, computes_in_bf16, optimizer, optimizer_step
 from tdm_dist.model import TDM, preset
 
 
@@ -30,8 +30,7 @@ def seconds_per_step(bf16: bool, args, tokens: torch.Tensor) -> float:
     cfg = TrainConfig(data="", out="")
     overrides = {"n_layer": 1, "d_model": 32, "n_head": 2, "d_ff": 64} if args.smoke else {}
     objective = _TDMObjective(TDM(preset("tiny", context=args.context, **overrides)))
-    opt = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    opt, sched = optimizer(objective.parameters(), cfg)
     batch = {"tokens": tokens, "obs_dim": torch.full((len(tokens),), 5), "act_dim": torch.full((len(tokens),), 1)}
     times = []
     for i in range(args.warmup + args.steps):

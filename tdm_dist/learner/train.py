@@ -164,6 +164,12 @@ class _BaselineObjective(torch.nn.Module):
         return batch["obs"].shape[0]
 
 
+def optimizer(parameters, cfg: TrainConfig):
+    """(AdamW, warmup-and-cosine LambdaLR) of ``cfg``: the learner's optimizer, for every training loop."""
+    opt = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+
+
 def optimizer_step(objective, batch: dict, opt, sched, grad_clip: float, bf16: bool) -> torch.Tensor:
     """One step on ``batch``: the loss (under bfloat16 autocast when ``bf16``), backward, gradient clipping, the
     optimizer and the schedule. Returns the loss, unsynchronized. Every training loop takes its steps here."""
@@ -235,8 +241,7 @@ def train_loop_per_worker(config: dict) -> None:
     wrapped = ray.train.torch.prepare_model(objective)  # on the worker's device, DDP-wrapped
     device = ray.train.torch.get_device()
     # The optimizer is built (and its state loaded) after the move, so its state lives on the same device.
-    opt = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    opt, sched = optimizer(wrapped.parameters(), cfg)
     step = 0
     if state is not None:
         opt.load_state_dict(state["optimizer"])
