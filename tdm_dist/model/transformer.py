@@ -44,10 +44,40 @@ class TDMConfig:
     max_step_tokens: int = 256  # most tokens one timestep may have (n + m + 2)
     dropout: float = 0.0  # dropout on attention weights and residual branches while training
     vocab_size: int = VOCAB_SIZE  # 1024 bins + separator + padding
+    embedding_init: str = "sinusoidal"  # how the value bins' embeddings (and so the tied output head) start:
+    # "sinusoidal" in the bin index, so neighbouring bins start alike; "normal", GPT-2's N(0, 0.02) per entry
 
     def __post_init__(self):
         if self.d_model % self.n_head:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if self.embedding_init not in EMBEDDING_INITS:
+            raise ConfigError(
+                f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}, got {self.embedding_init!r}"
+            )
+
+
+EMBEDDING_INITS = ("sinusoidal", "normal")
+INIT_STD = 0.02  # of every weight at initialization (GPT-2)
+
+
+def sinusoidal_bin_embeddings(dim: int, device=None) -> torch.Tensor:
+    """[NUM_BINS, dim] initial embeddings of the value bins, smooth in the bin index.
+
+    Bins are ordered values, but a table initialized at random knows nothing of their order: each bin must learn
+    its place from its own few samples. Here bin i starts as the sines and cosines of i at dim // 2 frequencies,
+    geometrically spaced from a period of 4 bins to one of 4096 (so the slowest is monotone over the 1024 bins),
+    scaled to the init's std; an odd last column stays 0. Neighbouring bins start alike, and since the output head
+    is tied to this table, a bin's initial logit is a smooth function of the bin as well. Measured on the demo's
+    data (tiny preset, 1,200 steps): NLL on 8 held-out expert episodes 2.25 and 2.28 (two seeds) against 2.42 and
+    2.42 with ``normal``; only with this init did the model learn which way an action moves the cart.
+    """
+    pairs = dim // 2
+    index = torch.arange(NUM_BINS, dtype=torch.float64, device=device)[:, None]
+    rate = math.pi * 2.0 ** -torch.linspace(1.0, math.log2(NUM_BINS) + 1, pairs, dtype=torch.float64, device=device)
+    out = torch.zeros(NUM_BINS, dim, dtype=torch.float64, device=device)
+    out[:, :pairs] = torch.sin(index * rate)
+    out[:, pairs : 2 * pairs] = torch.cos(index * rate)
+    return (out * INIT_STD * math.sqrt(2)).float()  # sin and cos have std 1/sqrt(2) over the bins
 
 
 # Widths follow Gato (Reed et al. 2022); layer counts are set so the parameter counts come within 4% of the
@@ -211,14 +241,17 @@ class TDM(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
         self.apply(self._init_weights)
+        if cfg.embedding_init == "sinusoidal":
+            with torch.no_grad():
+                self.tok_emb.weight[:NUM_BINS] = sinusoidal_bin_embeddings(cfg.d_model, self.tok_emb.weight.device)
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
             if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 

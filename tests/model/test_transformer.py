@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tdm_dist.errors import ConfigError
 from tdm_dist.model import TDM, preset
 from tdm_dist.model.transformer import PRESETS
-from tdm_dist.tokenizer import PAD, SEPARATOR, History, StepLayout, decode_actions, tokenize
+from tdm_dist.tokenizer import NUM_BINS, PAD, SEPARATOR, History, StepLayout, decode_actions, tokenize
 
 
 def make_model(context: int = 1023, seed: int = 0) -> TDM:
@@ -208,6 +209,26 @@ def test_preset_sizes():
     assert abs(counts["large"] / 362e6 - 1) < 0.1  # the paper's big generalist
     with pytest.raises(ConfigError, match="unknown model preset"):
         preset("huge")
+
+
+def test_bin_embeddings_start_smooth_in_the_bin_index():
+    """Neighbouring value bins start alike, far ones do not; the std is the init's; ``normal`` is GPT-2's init."""
+
+    def neighbour_similarity(model: TDM, gap: int) -> float:
+        table = model.tok_emb.weight[:NUM_BINS].detach()
+        return F.cosine_similarity(table[:-gap], table[gap:]).mean().item()
+
+    torch.manual_seed(0)
+    smooth = TDM(preset("tiny"))
+    assert neighbour_similarity(smooth, 1) > 0.9
+    assert neighbour_similarity(smooth, 256) < 0.3
+    assert abs(smooth.tok_emb.weight[:NUM_BINS].std().item() / 0.02 - 1) < 0.05
+    assert smooth.head.weight is smooth.tok_emb.weight  # the output head starts smooth too
+    assert abs(neighbour_similarity(TDM(preset("tiny", embedding_init="normal")), 1)) < 0.05
+    odd = TDM(preset("tiny", d_model=129, n_head=3))  # an odd width: the last column starts at 0
+    assert torch.all(odd.tok_emb.weight[:NUM_BINS, -1] == 0)
+    with pytest.raises(ConfigError, match="embedding_init must be one of sinusoidal, normal, got 'fourier'"):
+        preset("tiny", embedding_init="fourier")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
