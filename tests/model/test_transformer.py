@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tdm_dist.errors import ConfigError
 from tdm_dist.model import TDM, preset
-from tdm_dist.model.transformer import PRESETS
+from tdm_dist.model.transformer import INIT_STD, PRESETS
 from tdm_dist.tokenizer import NUM_BINS, PAD, SEPARATOR, History, StepLayout, decode_actions, tokenize
 
 
@@ -222,7 +222,7 @@ def test_bin_embeddings_start_smooth_in_the_bin_index():
     smooth = TDM(preset("tiny"))
     assert neighbour_similarity(smooth, 1) > 0.9
     assert neighbour_similarity(smooth, 256) < 0.3
-    assert abs(smooth.tok_emb.weight[:NUM_BINS].std().item() / 0.02 - 1) < 0.05
+    assert abs(smooth.tok_emb.weight[:NUM_BINS].std().item() / INIT_STD - 1) < 0.05
     assert smooth.head.weight is smooth.tok_emb.weight  # the output head starts smooth too
     assert abs(neighbour_similarity(TDM(preset("tiny", embedding_init="normal")), 1)) < 0.05
     odd = TDM(preset("tiny", d_model=129, n_head=3))  # an odd width: the last column starts at 0
