@@ -39,7 +39,7 @@ def spec(name: str, action_repeat: int = 1) -> EnvSpec:
         obs_keys=obs_keys,
         act_dim=int(np.prod(env.action_spec().shape)),
         control_timestep=float(env.control_timestep()) * action_repeat,
-        episode_length=EPISODE_LENGTH,
+        episode_length=EPISODE_LENGTH // action_repeat,  # dm_control's time limit counts simulator steps
         action_repeat=action_repeat,
         has_reward_from_obs=randomized.base_name(name) in REWARDS and action_repeat == 1,
         reward_note=_reward_note(name, action_repeat),
