@@ -36,7 +36,6 @@ def test_spec_describes_the_environment():
     assert walker.control_timestep == pytest.approx(0.05) and not walker.has_reward_from_obs
 
 
-
 @pytest.mark.parametrize("name", ["cartpole-swingup", "procwalker-chain-0"])
 def test_an_episode_with_action_repeat_ends_inside_the_simulators_time_limit(name):
     # dm_control ends an episode after 1000 simulator steps and resets itself on the next step: an episode of
@@ -47,6 +46,7 @@ def test_an_episode_with_action_repeat_ends_inside_the_simulators_time_limit(nam
     for _ in range(env.spec.episode_length):
         env.step(np.zeros(env.spec.act_dim))
     assert env.physics.data.time == pytest.approx(999 * env.dm_env.control_timestep())
+
 
 def test_env_flattens_observations_in_spec_order_and_steps():
     env = envs.make("walker-stand", seed=0)
