@@ -28,7 +28,7 @@ class DemoConfig:
     out: str = "runs/demo"  # dataset, run, plot and results go here
     data_episodes: int = 80  # expert episodes to train on. The tiny TDM overfits 40 (measured, 1,200 bf16 steps: train
     # loss 2.18 against validation 2.61; NLL on 8 other episodes 2.54 from 40 episodes, 2.38 from 80; both before
-    # the bin embeddings started sinusoidal, which took 80 episodes' NLL to 2.25-2.28 over four models)
+    # the bin embeddings started sinusoidal, which took 80 episodes' NLL to 2.25-2.28)
     data_steps: int = 400  # env steps per expert episode, as many as an evaluation episode has. The expert needs
     # ~250 of them to swing the pole up: cut here, the swing-up (where the tiny TDM fails) is ~60% of the data.
     # A larger share did not clearly help: 160 x 200 steps returned 75.6, 240 x 200 25.3 (one model each)

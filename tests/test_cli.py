@@ -131,6 +131,7 @@ def test_readme_library_example_runs():
     "name,metric",
     [
         ("decode", "kv_speedup"),
+        ("embedding_init", "xdot_nll_ratio"),
         ("ingest", "ingest_efficiency"),
         ("serve", "server_efficiency"),
         ("train", "bf16_speedup"),

@@ -212,7 +212,8 @@ def test_preset_sizes():
 
 
 def test_bin_embeddings_start_smooth_in_the_bin_index():
-    """Neighbouring value bins start alike, far ones do not; the std is the init's; ``normal`` is GPT-2's init."""
+    """Neighbouring value bins start alike, far ones do not; the slow waves lead; the std is the init's; ``normal``
+    is GPT-2's init."""
 
     def neighbour_similarity(model: TDM, gap: int) -> float:
         table = model.tok_emb.weight[:NUM_BINS].detach()
@@ -222,6 +223,10 @@ def test_bin_embeddings_start_smooth_in_the_bin_index():
     smooth = TDM(preset("tiny"))
     assert neighbour_similarity(smooth, 1) > 0.9
     assert neighbour_similarity(smooth, 256) < 0.3
+    # Led by its slowest waves: two directions hold most of the table, so that moving the output along them shifts
+    # the predicted distribution along the bins (70% of the squared norm; 20% with equal amplitudes).
+    singular = torch.linalg.svdvals(smooth.tok_emb.weight[:NUM_BINS].detach().double())
+    assert (singular[:2] ** 2).sum() / (singular**2).sum() > 0.5
     assert abs(smooth.tok_emb.weight[:NUM_BINS].std().item() / INIT_STD - 1) < 0.05
     assert smooth.head.weight is smooth.tok_emb.weight  # the output head starts smooth too
     assert abs(neighbour_similarity(TDM(preset("tiny", embedding_init="normal")), 1)) < 0.05
