@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tdm_dist import envs
 from tdm_dist.data import EpisodeWriter
 from tdm_dist.data.dataset import DatasetConfig, in_memory_windows
 from tdm_dist.learner.train import TrainConfig, _TDMObjective, computes_in_bf16, optimizer, optimizer_step
@@ -42,7 +43,7 @@ VELOCITIES = {"xdot": 3, "thdot": 4}  # observation entries of cartpole: x, cos,
 
 
 def flat_bin_embeddings(dim: int) -> torch.Tensor:
-    """The sinusoidal init before the amplitudes followed the period: every wave at the same amplitude."""
+    """The sinusoidal init as it was before its amplitudes grew with the period: every wave at the same amplitude."""
     pairs = dim // 2
     index = torch.arange(NUM_BINS, dtype=torch.float64)[:, None]
     rate = math.pi * 2.0 ** -torch.linspace(1.0, math.log2(NUM_BINS) + 1, pairs, dtype=torch.float64)
@@ -103,13 +104,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.smoke:
         args.episodes, args.episode_steps, args.steps, args.batch_size, args.context = 20, 40, 3, 2, 64
     torch.set_num_threads(args.threads)
-    layout = StepLayout(5, 1)
+    spec = envs.spec(ENV)
+    layout = StepLayout(spec.obs_dim, spec.act_dim)
     with tempfile.TemporaryDirectory() as root:
         random_episodes(root, args.episodes, args.episode_steps)
         cfg = DatasetConfig(path=root, window_tokens=args.context + 1, epochs=40, seed=args.seed)
