@@ -160,7 +160,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     names = (
         *("out", "seed", "data_episodes", "data_steps", "train_steps"),
-        *("samples", "horizon", "replan_every", "episodes", "steps"),
+        *("samples", "horizon", "replan_every", "tdm_planner", "sigma", "episodes", "steps"),
     )
     fields = {k: getattr(args, k) for k in names}
     print_summary(run_demo(DemoConfig(**{k: v for k, v in fields.items() if v is not None}), address=args.address))
@@ -542,6 +542,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--replan-every", type=int, default=None, help=f"env steps between plans (default {demo.replan_every})"
     )
+    p.add_argument(
+        "--tdm-planner",
+        choices=("proposal", "shooting"),
+        default=None,
+        help=f"how the TDM plans (default {demo.tdm_planner}: its BC actions plus noise, §5.1.1; shooting: random "
+        "shooting like the ground truth)",
+    )
+    p.add_argument("--sigma", type=float, default=None, help=f"proposal noise std (default {demo.sigma})")
     p.add_argument(
         "--episodes", type=int, default=None, help=f"evaluation episodes per model (default {demo.episodes})"
     )

@@ -81,6 +81,7 @@ def test_bad_input_is_a_message_not_a_traceback():
         (["--replan-every", "0"], "replan_every must be an integer >= 1, got 0"),
         (["--episodes", "0"], "demo episodes must be >= 1, got 0"),
         (["--data-steps", "1001"], "demo data_steps must be in [1, 1000] (the episode length of cartpole-swingup)"),
+        (["--sigma", "-1"], "planner sigma must be >= 0, got -1.0"),
     ],
 )
 def test_demo_rejects_bad_settings_before_starting(tmp_path, args, message):

@@ -31,6 +31,13 @@ def test_demo_runs_every_stage_and_ends_with_the_machine_readable_line(tmp_path)
         result = summary["results"][name]
         assert len(result["returns"]) == 2 and result["settings"]["steps"] == 15
         assert float(value) == round(result["mean_return"], 1)
+        # the TDM plans with its own BC proposal (§5.1.1); the ground truth, with no policy, by random shooting
+        planner = result["settings"]["planner"]
+        assert (planner["kind"], planner["samples"], planner["horizon"]) == (
+            "proposal" if name == "tdm" else "shooting",
+            32,
+            25,
+        )
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 0
     assert [len(ep["actions"]) for ep in read_episodes(tmp_path / "demo" / "data")] == [60, 60]
     # A second run reuses the dataset and the trained model.
