@@ -2,8 +2,8 @@
 
 1. collect a small ground-truth-MPC expert dataset on cartpole-swingup (EnvWorker actors, Parquet);
 2. train a tiny TDM on it (Ray Data + Ray Train);
-3. evaluate MPC with the TDM (through a ModelServer), with the ground-truth simulator and with random actions,
-   all at the same planner settings (MPCAgent actors);
+3. evaluate MPC with the TDM (through a ModelServer; it plans with its own BC proposal, §5.1.1), with the
+   ground-truth simulator (random shooting) and with random actions, all at the same K and N (MPCAgent actors);
 4. print the comparison, save a bar chart and the results as JSON.
 
 Every stage resumes: a re-run with the same ``--out`` reuses the dataset and the trained model. The last line
@@ -176,8 +176,8 @@ def run_demo(cfg: DemoConfig, address: str | None = None) -> dict:
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     title = (
-        f"{ENV}, {cfg.episodes} episodes of {cfg.steps} steps, K={cfg.samples}, N={cfg.horizon}, "
-        f"re-planning every {cfg.replan_every}\n{tdm_planning(cfg)}"
+        f"{ENV}, {cfg.episodes} episodes of {cfg.steps} steps\n"
+        f"K={cfg.samples}, N={cfg.horizon}, re-planning every {cfg.replan_every} steps\n{tdm_planning(cfg)}"
     )
     plot_comparison(results, out / "demo.png", title)
     return summary
@@ -222,7 +222,7 @@ def plot_comparison(results: dict[str, dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5, 3.8))
     means = [results[n]["mean_return"] for n in names]
     errors = [results[n]["ci68"] for n in names]
     ax.bar(names, means, yerr=errors, capsize=6, color=["tab:blue", "tab:green", "tab:gray"][: len(names)])
