@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tdm_dist.data import read_episodes
+from tdm_dist.demo import DemoConfig
+from tdm_dist.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,3 +50,8 @@ def test_demo_runs_every_stage_and_ends_with_the_machine_readable_line(tmp_path)
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing" in again.stdout and "training" not in again.stdout
+
+
+def test_an_unknown_tdm_planner_is_a_config_error():
+    with pytest.raises(ConfigError, match="demo tdm_planner must be proposal or shooting, got 'cem'"):
+        DemoConfig(tdm_planner="cem").check()
