@@ -486,7 +486,7 @@ def _add_address(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tdm_dist.demo import DemoConfig
+    from tdm_dist.demo import TDM_PLANNERS, DemoConfig
 
     parser = argparse.ArgumentParser(
         prog="tdm",
@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tdm-planner",
-        choices=("proposal", "shooting"),
+        choices=TDM_PLANNERS,
         default=None,
         help=f"how the TDM plans (default {demo.tdm_planner}: its BC actions plus noise, §5.1.1; shooting: random "
         "shooting like the ground truth)",

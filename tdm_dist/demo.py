@@ -21,6 +21,7 @@ from pathlib import Path
 from tdm_dist.errors import ConfigError
 
 ENV = "cartpole-swingup"
+TDM_PLANNERS = ("proposal", "shooting")  # how the demo's TDM may plan (``DemoConfig.tdm_planner``)
 
 
 @dataclass
@@ -81,9 +82,15 @@ class DemoConfig:
 
     def tdm_planner_config(self):
         """The TDM's planner: ``planner()``'s K, N and re-planning, with ``tdm_planner``'s candidates."""
-        if self.tdm_planner not in ("proposal", "shooting"):
-            raise ConfigError(f"demo tdm_planner must be proposal or shooting, got {self.tdm_planner!r}")
+        if self.tdm_planner not in TDM_PLANNERS:
+            raise ConfigError(f"demo tdm_planner must be one of {', '.join(TDM_PLANNERS)}, got {self.tdm_planner!r}")
         return self.planner().replace(kind=self.tdm_planner, sigma=self.sigma)
+
+    def planning(self) -> str:
+        """How each model plans, in words."""
+        if self.tdm_planner == "proposal":
+            return f"TDM: proposal, sigma={self.sigma}; others: random shooting"
+        return "every model: random shooting"
 
     def check(self) -> None:
         """Raise ``ConfigError`` for settings the demo cannot run, before anything starts."""
@@ -153,7 +160,7 @@ def run_demo(cfg: DemoConfig, address: str | None = None) -> dict:
     planner = cfg.planner()
     print(
         f"[3/3] evaluating MPC (K={cfg.samples}, N={cfg.horizon}, re-planning every {cfg.replan_every} steps; "
-        f"{tdm_planning(cfg)}) over {cfg.episodes} episodes"
+        f"{cfg.planning()}) over {cfg.episodes} episodes"
     )
     base = EvalConfig(
         env=ENV, planner=planner, episodes=cfg.episodes, agents=cfg.episodes, steps=cfg.steps, seed=cfg.seed
@@ -177,17 +184,10 @@ def run_demo(cfg: DemoConfig, address: str | None = None) -> dict:
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     title = (
         f"{ENV}, {cfg.episodes} episodes of {cfg.steps} steps\n"
-        f"K={cfg.samples}, N={cfg.horizon}, re-planning every {cfg.replan_every} steps\n{tdm_planning(cfg)}"
+        f"K={cfg.samples}, N={cfg.horizon}, re-planning every {cfg.replan_every} steps\n{cfg.planning()}"
     )
     plot_comparison(results, out / "demo.png", title)
     return summary
-
-
-def tdm_planning(cfg: DemoConfig) -> str:
-    """How each model plans, in words."""
-    if cfg.tdm_planner == "proposal":
-        return f"TDM: proposal, sigma={cfg.sigma}; others: random shooting"
-    return "every model: random shooting"
 
 
 SETTINGS = "settings.json"  # the BUILD settings of the dataset and model in a demo's folder

@@ -53,5 +53,5 @@ def test_demo_runs_every_stage_and_ends_with_the_machine_readable_line(tmp_path)
 
 
 def test_an_unknown_tdm_planner_is_a_config_error():
-    with pytest.raises(ConfigError, match="demo tdm_planner must be proposal or shooting, got 'cem'"):
+    with pytest.raises(ConfigError, match="demo tdm_planner must be one of proposal, shooting, got 'cem'"):
         DemoConfig(tdm_planner="cem").check()
