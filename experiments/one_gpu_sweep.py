@@ -17,14 +17,17 @@ On a Ray runtime the same work is ``tdm train`` and ``tdm sweep``. Example (issu
     python experiments/one_gpu_sweep.py --data data/k128 --out runs/k128 --train-seconds 150 --batch-size 64 \\
         --epochs 30 --samples 128 --horizons 5,10,25,50,100 --replan-every 3 --episodes 4 --agents 4 --steps 400
 
-Writes ``OUT/model.pt``, ``OUT/train.json`` (the validation curve) and ``OUT/sweep.json`` (per N: mean return,
-68% CI, per-episode returns, env steps/s), each as soon as it is known; one line per N on stdout, last
-``best N=<n> tdm=<mean return>``. The README's "One GPU, without Ray" has the figures of that run on one H100.
+``--planners shooting,proposal --sigma 0.3`` sweeps the proposal planner (paper §5.1.1) over the same horizons too.
+Writes ``OUT/model.pt``, ``OUT/train.json`` (the validation curve) and ``OUT/sweep.json`` (per planner and N: mean
+return, 68% CI, per-episode returns, env steps/s), each as soon as it is known; one line per planner and N on
+stdout, last ``best planner=<kind> N=<n> tdm=<mean return>``. The README's "One GPU, without Ray" has the figures
+of that run on one H100.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -155,10 +158,15 @@ def train(args, device: str) -> Path:
 
 
 def sweep(args, checkpoint: Path, device: str, context: int) -> dict:
-    """TDM-MPC at each horizon: ``args.episodes`` episodes on ``args.agents`` threads, one merged decode per round."""
+    """TDM-MPC with each planner at each horizon.
+
+    ``args.episodes`` episodes on ``args.agents`` threads, one merged decode per round.
+    """
     results = {}
-    for N in args.horizons:
-        planner = PlannerConfig(samples=args.samples, horizon=N, replan_every=args.replan_every)
+    for kind, N in itertools.product(args.planners, args.horizons):
+        planner = PlannerConfig(
+            kind=kind, samples=args.samples, horizon=N, replan_every=args.replan_every, sigma=args.sigma
+        )
         agent_cfg = AgentConfig(
             env=args.env, planner=planner, greedy=not args.sample, steps=args.steps, context=context
         )
@@ -176,7 +184,8 @@ def sweep(args, checkpoint: Path, device: str, context: int) -> dict:
         server.close()
         returns = [e["return"] for e in episodes]
         mean, ci = summarize(returns)
-        results[N] = {
+        results[kind, N] = {
+            "planner": kind,
             "horizon": N,
             "mean_return": mean,
             "ci68": ci,
@@ -186,8 +195,8 @@ def sweep(args, checkpoint: Path, device: str, context: int) -> dict:
             "server": stats,
         }
         print(
-            f"N={N:3d}  tdm {mean:7.1f} ± {ci:5.1f}  returns {[round(r, 1) for r in returns]}  {wall:.0f} s "
-            f"({results[N]['env_steps_per_s']:.1f} env steps/s, {stats['batches']} batches)",
+            f"{kind:>8s} N={N:3d}  tdm {mean:7.1f} ± {ci:5.1f}  returns {[round(r, 1) for r in returns]}  {wall:.0f} s "
+            f"({results[kind, N]['env_steps_per_s']:.1f} env steps/s, {stats['batches']} batches)",
             flush=True,
         )
         (Path(args.out) / "sweep.json").write_text(
@@ -237,6 +246,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30, help="epochs of windows (each with its own starts), cycled")
     p.add_argument("--train-seconds", type=float, default=150.0)
     p.add_argument("--evals", type=int, default=8, help="validations over the run (the best one is kept)")
+    p.add_argument(
+        "--planners",
+        type=lambda s: s.split(","),
+        default=["shooting"],
+        help="comma-separated planner kinds, each swept over --horizons (shooting: Fig. 4a; proposal: §5.1.1)",
+    )
+    p.add_argument("--sigma", type=float, default=0.3, help="proposal: std of the noise on the BC actions")
     p.add_argument("--samples", type=int, default=128, help="K")
     p.add_argument("--horizons", type=lambda s: [int(x) for x in s.split(",")], default=[5, 10, 25, 50, 100])
     p.add_argument("--replan-every", type=int, default=3)
@@ -263,8 +279,8 @@ def check(args) -> None:
         context = load_checkpoint(args.checkpoint)["model_config"]["context"]
     elif not Path(args.data).is_dir():
         raise ConfigError(f"--data {args.data} is not a dataset folder (tdm collect writes one)")
-    for N in args.horizons:
-        PlannerConfig(samples=args.samples, horizon=N, replan_every=args.replan_every)
+    for kind, N in itertools.product(args.planners, args.horizons):
+        PlannerConfig(kind=kind, samples=args.samples, horizon=N, replan_every=args.replan_every, sigma=args.sigma)
         StepLayout(spec.obs_dim, spec.act_dim).check_horizon(N, context, "the TDM")
     AgentConfig(env=args.env, steps=args.steps).check()
     for name in ("episodes", "agents", "batch_size", "epochs", "evals"):
@@ -281,7 +297,7 @@ def run(args) -> None:
     context = load_checkpoint(checkpoint)["model_config"]["context"]
     results = sweep(args, checkpoint, device, context)
     best = max(results.values(), key=lambda r: r["mean_return"])
-    print(f"best N={best['horizon']} tdm={best['mean_return']:.1f}")
+    print(f"best planner={best['planner']} N={best['horizon']} tdm={best['mean_return']:.1f}")
 
 
 if __name__ == "__main__":

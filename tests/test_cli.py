@@ -235,7 +235,7 @@ def test_sweep_rejects_bad_settings_before_starting_ray(cartpole_checkpoint, tmp
 
 def test_the_one_gpu_script_trains_and_sweeps_in_one_process_without_ray(tmp_path):
     """experiments/one_gpu_sweep.py (the GPU machines have no Ray): a model trained in process, then MPC episodes
-    through a LocalModelServer at each N, with the results written as it goes."""
+    through a LocalModelServer with each planner at each N, with the results written as it goes."""
     from tdm_dist.data import EpisodeWriter
     from tdm_dist.learner.checkpoint import load_model
     from tests.data.conftest import synthetic_episode
@@ -245,11 +245,13 @@ def test_the_one_gpu_script_trains_and_sweeps_in_one_process_without_ray(tmp_pat
         w.write(synthetic_episode("cartpole-swingup", i, steps=60) for i in range(6))
     args = ["--data", data, "--out", out, "--context", 64, "--batch-size", 4, "--epochs", 2, "--train-seconds", 3]
     args += ["--samples", 4, "--horizons", "2,3", "--replan-every", 2, "--episodes", 3, "--agents", 2, "--steps", 5]
-    run = python("experiments/one_gpu_sweep.py", *args)
+    run = python("experiments/one_gpu_sweep.py", *args, "--planners", "shooting,proposal")
     assert run.returncode == 0, run.stderr
-    assert re.fullmatch(r"best N=[23] tdm=-?\d+\.\d", run.stdout.strip().splitlines()[-1])
+    assert re.fullmatch(r"best planner=(shooting|proposal) N=[23] tdm=-?\d+\.\d", run.stdout.strip().splitlines()[-1])
     sweep = json.loads((out / "sweep.json").read_text())
-    assert [r["horizon"] for r in sweep["results"]] == [2, 3]
+    assert [(r["planner"], r["horizon"]) for r in sweep["results"]] == [
+        ("shooting", 2), ("shooting", 3), ("proposal", 2), ("proposal", 3)
+    ]  # fmt: skip
     assert all(len(r["returns"]) == 3 and r["server"]["requests"] > 0 for r in sweep["results"])
     trained = json.loads((out / "train.json").read_text())
     assert trained["best_val_nll"] == min(p["val_nll"] for p in trained["curve"])
@@ -259,4 +261,8 @@ def test_the_one_gpu_script_trains_and_sweeps_in_one_process_without_ray(tmp_pat
     bad = python("experiments/one_gpu_sweep.py", *args, "--horizons", "2,9", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "horizon 9 does not fit the context of the TDM (64 tokens" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    unknown = python("experiments/one_gpu_sweep.py", *args, "--planners", "shooting,mppi", "--out", tmp_path / "bad")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert "planner kind must be one of shooting, cem, proposal, got 'mppi'" in unknown.stderr
     assert not (tmp_path / "bad").exists()
