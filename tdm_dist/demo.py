@@ -78,7 +78,8 @@ class DemoConfig:
         return {k: getattr(self, k) for k in self.BUILD}
 
     def planner(self):
-        """The random-shooting settings every model is evaluated with (a ``PlannerConfig``)."""
+        """Random shooting at the demo's K, N and re-planning (a ``PlannerConfig``): ground truth's and random's
+        planner, and the base of the TDM's (``tdm_planner_config``)."""
         from tdm_dist.planning.optimizers import PlannerConfig
 
         return PlannerConfig(samples=self.samples, horizon=self.horizon, replan_every=self.replan_every)
